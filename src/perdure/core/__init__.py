@@ -1,0 +1,2 @@
+"""Pure decisions and value types: statuses and transitions, errors, retry math, ids,
+serialization, clocks. No I/O."""

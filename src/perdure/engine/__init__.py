@@ -1,0 +1,1 @@
+"""Engine facade, task definitions, RunContext, the worker and its background loops."""

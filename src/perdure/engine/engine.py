@@ -1,0 +1,460 @@
+"""The `Engine` facade: task registry, triggering, reads, and the in-process worker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from datetime import timedelta
+from typing import Any, Protocol, TypeVar, overload
+
+from perdure.core.clock import Clock
+from perdure.core.errors import (
+    InvalidOptionError,
+    PerdureError,
+    RunNotFoundError,
+    TaskNotFoundError,
+)
+from perdure.core.ids import run_id as new_run_id
+from perdure.core.models import NewRun, Run, RunEvent, RunPage, TaskInfo
+from perdure.core.retry import RetryPolicy
+from perdure.core.serialization import ANY_CODEC, check_size
+from perdure.core.statuses import RunStatus, parse_status
+from perdure.engine.config import EngineOptions
+from perdure.engine.context import RunContext
+from perdure.engine.handle import RunHandle
+from perdure.engine.sync import Portal, run_sync
+from perdure.core.errors import DuplicateTaskError
+from perdure.engine.task import Task, TriggerOptions
+from perdure.engine.worker import Worker
+from perdure.storage import (
+    CHANNEL_CANCEL,
+    CHANNEL_FINISHED,
+    CHANNEL_WORK,
+    Storage,
+    make_storage,
+)
+
+log = logging.getLogger("perdure.engine")
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+T = TypeVar("T")
+
+DEFAULT_IDEMPOTENCY_TTL = 30 * 24 * 3600.0
+
+
+class TaskDecorator(Protocol):
+    @overload
+    def __call__(self, fn: Callable[[RunContext, In], Coroutine[Any, Any, Out]], /
+                 ) -> Task[In, Out]: ...
+    @overload
+    def __call__(self, fn: Callable[[RunContext], Coroutine[Any, Any, Out]], /
+                 ) -> Task[None, Out]: ...
+    @overload
+    def __call__(self, fn: Callable[[RunContext, In], Out], /) -> Task[In, Out]: ...
+    @overload
+    def __call__(self, fn: Callable[[RunContext], Out], /) -> Task[None, Out]: ...
+
+
+class Engine:
+    """Runs typed tasks durably. `Engine()` uses SQLite at `./.perdure/perdure.db`
+    (`PERDURE_DATABASE_URL` overrides); `Engine("postgresql://…")` spans processes and hosts;
+    `Engine("memory://")` is SQLite in memory."""
+
+    def __init__(
+        self,
+        database_url: str | None = None,
+        /,
+        *,
+        concurrency: int | None = None,
+        queues: Sequence[str] | str | None = None,
+        lease: float | timedelta | None = None,
+        heartbeat: float | timedelta | None = None,
+        poll_interval: float | timedelta | None = None,
+        shutdown_grace: float | timedelta | None = None,
+        max_children: int | None = None,
+        max_payload_bytes: int | None = None,
+        max_lost_leases: int | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.options = EngineOptions.resolve({
+            "database_url": database_url, "concurrency": concurrency, "queues": queues,
+            "lease": lease, "heartbeat": heartbeat, "poll_interval": poll_interval,
+            "shutdown_grace": shutdown_grace, "max_children": max_children,
+            "max_payload_bytes": max_payload_bytes, "max_lost_leases": max_lost_leases,
+            "clock": clock,
+        })
+        self.clock = self.options.clock
+        self._tasks: dict[str, Task[Any, Any]] = {}
+        self._storage: Storage | None = None
+        self._home_loop: asyncio.AbstractEventLoop | None = None
+        self._home_thread: int | None = None
+        self._open_lock: asyncio.Lock | None = None
+        self._portal: Portal | None = None
+        self._portal_lock = threading.Lock()
+        self._worker: Worker | None = None
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+
+    def __repr__(self) -> str:
+        return f"<Engine {self.url!r} tasks={len(self._tasks)}>"
+
+    @property
+    def url(self) -> str:
+        return self.options.database_url
+
+    # --- task definitions --------------------------------------------------------------------
+
+    def task(
+        self,
+        *,
+        id: str,
+        queue: str = "default",
+        timeout: float | timedelta | None = None,
+        retry: RetryPolicy | None = None,
+        version: str | None = None,
+    ) -> TaskDecorator:
+        """Declare a task: `@engine.task(id="resize")` on `async def fn(ctx, input)` or `def`."""
+
+        def decorator(fn: Callable[..., Any]) -> Task[Any, Any]:
+            if id in self._tasks:
+                raise DuplicateTaskError(
+                    f"task id {id!r} is already defined on this engine (by "
+                    f"{_qualname(self._tasks[id].fn)}); task ids must be unique")
+            task: Task[Any, Any] = Task(self, fn, id=id, queue=queue, timeout=timeout,
+                                        retry=retry, version=version)
+            self._tasks[id] = task
+            return task
+
+        return decorator  # type: ignore[return-value]
+
+    @property
+    def tasks(self) -> dict[str, Task[Any, Any]]:
+        return dict(self._tasks)
+
+    def get_task(self, task_id: str) -> Task[Any, Any]:
+        try:
+            return self._tasks[task_id]
+        except KeyError:
+            known = ", ".join(sorted(self._tasks)) or "none"
+            raise TaskNotFoundError(
+                f"unknown task {task_id!r}; tasks defined on this engine: {known}") from None
+
+    # --- connection and lifecycle ------------------------------------------------------------
+
+    async def _ensure_open(self) -> Storage:
+        loop = asyncio.get_running_loop()
+        if self._storage is not None and self._home_loop is loop:
+            return self._storage
+        if self._storage is not None and self._home_loop is not None:
+            if self._home_loop.is_running() and not self._home_loop.is_closed():
+                raise PerdureError(
+                    "this engine is in use on another event loop (another thread); call its "
+                    "*_sync methods from other threads instead")
+            self._storage = None  # its loop is gone; reconnect on this one
+        if self._open_lock is None or self._home_loop is not loop:
+            self._open_lock = asyncio.Lock()
+            self._home_loop = loop
+        async with self._open_lock:
+            if self._storage is None:
+                storage = make_storage(self.url)
+                await storage.open()
+                storage.add_listener(self._on_notification)
+                self._storage = storage
+                self._home_thread = threading.get_ident()
+        return self._storage
+
+    async def open(self) -> Storage:
+        """Connect and apply pending migrations (done lazily by every operation too)."""
+        return await self._ensure_open()
+
+    async def migrate(self) -> list[int]:
+        storage = await self._ensure_open()
+        return await storage.migrate()
+
+    async def start(self) -> None:
+        """Start the in-process worker (claims and runs this engine's tasks)."""
+        storage = await self._ensure_open()
+        if self._worker is not None:
+            return
+        if not self._tasks:
+            raise PerdureError("no tasks are defined on this engine; define tasks with "
+                               "@engine.task(...) before starting a worker")
+        self._worker = Worker(self, storage, self.options, self._tasks)
+        await self._worker.start()
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop claiming, let running attempts finish up to `grace` seconds (default
+        `shutdown_grace`), release the rest to other workers, and close the connection."""
+        if self._worker is not None:
+            worker, self._worker = self._worker, None
+            await worker.stop(grace)
+        await self.close()
+
+    async def close(self) -> None:
+        if self._storage is not None:
+            storage, self._storage = self._storage, None
+            storage.remove_listener(self._on_notification)
+            await storage.close()
+
+    async def __aenter__(self) -> Engine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
+
+    @property
+    def worker_id(self) -> str | None:
+        return None if self._worker is None else self._worker.id
+
+    async def run_worker(self, stop: asyncio.Event | None = None) -> None:
+        """Run a worker until `stop` is set (or the task is cancelled), then shut down."""
+        await self.start()
+        try:
+            await (stop or asyncio.Event()).wait()
+        finally:
+            await asyncio.shield(self.shutdown())
+
+    def wake(self) -> None:
+        """Make the in-process worker look for due work now (e.g. after advancing a
+        ManualClock), instead of at its next poll."""
+        if self._worker is not None:
+            self._worker.wake()
+
+    async def run_maintenance(self) -> None:
+        """Recover expired leases and expire TTLs now (the worker also does it periodically)."""
+        storage = await self._ensure_open()
+        if self._worker is not None:
+            await self._worker.run_maintenance()
+            return
+        now = self.clock.time()
+        await storage.recover_expired_leases(now, self.options.max_lost_leases)
+        await storage.expire_runs(now)
+
+    # --- triggering --------------------------------------------------------------------------
+
+    async def trigger(self, task: str | Task[Any, Any], input: Any = None,
+                      **options: Any) -> RunHandle[Any]:
+        """Trigger by task id (or Task). An id not defined here is looked up in the catalog
+        that workers register, so a client can trigger without importing the task code."""
+        if isinstance(task, Task):
+            return await task.trigger(input, **options)
+        if task in self._tasks:
+            return await self._tasks[task].trigger(input, **options)
+        storage = await self._ensure_open()
+        info = await storage.get_task(task)
+        if info is None:
+            known = sorted({*self._tasks, *(t.task_id for t in await storage.list_tasks())})
+            raise TaskNotFoundError(
+                f"unknown task {task!r}; known tasks: {', '.join(known) or 'none'} (a task is "
+                "known once it is defined in this process or a worker that defines it started)")
+        handles: list[RunHandle[Any]] = await self._trigger_many(
+            info, [input], TriggerOptions.build(**options))
+        return handles[0]
+
+    async def _trigger_many(self, task: Task[Any, Out] | TaskInfo, inputs: Sequence[Any],
+                            options: TriggerOptions) -> list[RunHandle[Out]]:
+        storage = await self._ensure_open()
+        now = self.clock.time()
+        if isinstance(task, Task):
+            task_id, queue, codec = task.id, task.queue, task.input_codec
+            max_attempts, timeout, version = task.retry.max_attempts, task.timeout, task.version
+        else:
+            task_id, queue, codec = task.task_id, task.queue, ANY_CODEC
+            max_attempts, timeout, version = task.max_attempts, task.timeout, task.version
+        if options.delay:
+            available_at = now + options.delay
+        elif options.run_at is not None:
+            available_at = max(now, options.run_at)
+        else:
+            available_at = now
+        status = RunStatus.DELAYED if available_at > now else RunStatus.QUEUED
+        limit = self.options.max_payload_bytes
+        new_runs: list[NewRun] = []
+        for value in inputs:
+            validated = codec.validate(value, task_id=task_id)
+            try:
+                input_json = codec.dump_json(validated)
+            except (TypeError, ValueError) as exc:
+                raise InvalidOptionError("input", "a JSON-serializable value", value) from exc
+            check_size(input_json, limit, "input", task_id)
+            run_id = new_run_id(now)
+            new_runs.append(NewRun(
+                id=run_id, task_id=task_id, queue=options.queue or queue,
+                input_json=input_json, status=status, available_at=available_at,
+                max_attempts=max_attempts, priority=options.priority, timeout=timeout,
+                version=version, expires_at=None if options.ttl is None else now + options.ttl,
+                idempotency_key=options.idempotency_key,
+                idempotency_expires_at=None if options.idempotency_key is None
+                else now + (options.idempotency_ttl or DEFAULT_IDEMPOTENCY_TTL),
+                concurrency_key=options.concurrency_key, tags=list(options.tags),
+                metadata=dict(options.metadata or {}),
+            ))
+        if options.metadata is not None:
+            check_size(_json_text(options.metadata), limit, "metadata", task_id)
+        results = await storage.create_runs(new_runs, now)
+        if self._worker is not None and status is RunStatus.DELAYED:
+            self._worker.wake_at(available_at)
+        out_codec = task.output_codec if isinstance(task, Task) else None
+        return [RunHandle(self, run.id, out_codec) for run, _ in results]
+
+    # --- reading and controlling runs --------------------------------------------------------
+
+    def handle(self, run_id: str) -> RunHandle[Any]:
+        """A handle for any run id, from any process."""
+        return RunHandle(self, run_id)
+
+    async def get_run(self, run_id: str) -> Run:
+        storage = await self._ensure_open()
+        run = await storage.get_run(run_id)
+        if run is None:
+            raise RunNotFoundError(run_id)
+        return run
+
+    async def list_runs(self, *, task_id: str | None = None, status: str | None = None,
+                        queue: str | None = None, parent_id: str | None = None,
+                        limit: int = 50, cursor: str | None = None) -> RunPage:
+        """Runs newest first; pass the page's `next_cursor` as `cursor` for the next page."""
+        if status is not None:
+            status = parse_status(status).value
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise InvalidOptionError("limit", "an integer from 1 to 1000", limit)
+        storage = await self._ensure_open()
+        return await storage.list_runs(status=status, task_id=task_id, queue=queue,
+                                       parent_id=parent_id, limit=limit, cursor=cursor)
+
+    async def cancel(self, run_id: str, reason: str = "cancelled") -> Run:
+        """Cancel a run that has not finished (a finished run is returned unchanged). A running
+        attempt is stopped: its `ctx.cancelled` is set and its coroutine cancelled."""
+        storage = await self._ensure_open()
+        run, _changed = await storage.cancel_run(run_id, self.clock.time(), reason)
+        if run is None:
+            raise RunNotFoundError(run_id)
+        return run
+
+    async def events(self, run_id: str, after_seq: int = 0, limit: int = 1000) -> list[RunEvent]:
+        """The run's event history after `after_seq`, in order."""
+        storage = await self._ensure_open()
+        events = await storage.get_events(run_id, after_seq, limit)
+        if not events and after_seq == 0 and await storage.get_run(run_id) is None:
+            raise RunNotFoundError(run_id)
+        return events
+
+    async def subscribe(self, run_id: str, after_seq: int = 0) -> AsyncIterator[RunEvent]:
+        """Yield the run's events as they are appended, until the run has finished."""
+        seq = after_seq
+        poll = 0.01
+        while True:
+            run = await self.get_run(run_id)
+            batch = await self.events(run_id, seq)
+            for event in batch:
+                seq = event.seq
+                yield event
+            if batch:
+                poll = 0.01
+                continue
+            if run.status.is_terminal:
+                return
+            await self._wait_notified(run_id, poll)
+            poll = min(poll * 2, self.options.poll_interval)
+
+    async def _wait_finished(self, run_id: str, timeout: float | None) -> Run:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        poll = 0.01
+        while True:
+            run = await self.get_run(run_id)
+            if run.status.is_terminal:
+                return run
+            wait = poll
+            if deadline is not None:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise TimeoutError(f"run {run_id} did not finish within {timeout}s "
+                                       f"(status {run.status.value})")
+                wait = min(wait, remaining)
+            await self._wait_notified(run_id, wait)
+            poll = min(poll * 2, self.options.poll_interval)
+
+    async def _wait_notified(self, run_id: str, timeout: float) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(run_id, []).append(future)
+        try:
+            await asyncio.wait([future], timeout=timeout)
+        finally:
+            waiters = self._waiters.get(run_id)
+            if waiters is not None:
+                if future in waiters:
+                    waiters.remove(future)
+                if not waiters:
+                    del self._waiters[run_id]
+
+    def _attempt_finished(self, run_id: str) -> None:
+        for future in self._waiters.get(run_id, ()):
+            if not future.done():
+                future.set_result(None)
+
+    def _on_notification(self, channel: str, payload: str) -> None:
+        loop = self._home_loop
+        if loop is None or loop.is_closed():
+            return
+        if threading.get_ident() != self._home_thread:
+            loop.call_soon_threadsafe(self._on_notification_here, channel, payload)
+        else:
+            self._on_notification_here(channel, payload)
+
+    def _on_notification_here(self, channel: str, payload: str) -> None:
+        if channel == CHANNEL_WORK:
+            if self._worker is not None:
+                self._worker.wake()
+        elif channel == CHANNEL_FINISHED:
+            self._attempt_finished(payload)
+        elif channel == CHANNEL_CANCEL and self._worker is not None:
+            self._worker.cancel_local(payload)
+
+    # --- blocking twins ----------------------------------------------------------------------
+
+    def _portal_for_sync(self) -> Portal:
+        with self._portal_lock:
+            if self._portal is None:
+                self._portal = Portal()
+            return self._portal
+
+    def trigger_sync(self, task: str | Task[Any, Any], input: Any = None,
+                     **options: Any) -> RunHandle[Any]:
+        return run_sync(self, "trigger_sync", lambda: self.trigger(task, input, **options))
+
+    def get_run_sync(self, run_id: str) -> Run:
+        return run_sync(self, "get_run_sync", lambda: self.get_run(run_id))
+
+    def list_runs_sync(self, **filters: Any) -> RunPage:
+        return run_sync(self, "list_runs_sync", lambda: self.list_runs(**filters))
+
+    def cancel_sync(self, run_id: str, reason: str = "cancelled") -> Run:
+        return run_sync(self, "cancel_sync", lambda: self.cancel(run_id, reason))
+
+    def events_sync(self, run_id: str, after_seq: int = 0) -> list[RunEvent]:
+        return run_sync(self, "events_sync", lambda: self.events(run_id, after_seq))
+
+    def migrate_sync(self) -> list[int]:
+        return run_sync(self, "migrate_sync", self.migrate)
+
+    def close_sync(self) -> None:
+        """Close the connection and the background loop used by the `_sync` methods."""
+        if self._portal is not None:
+            run_sync(self, "close_sync", self.shutdown)
+            self._portal.stop()
+            self._portal = None
+
+
+def _qualname(fn: Callable[..., Any]) -> str:
+    module = getattr(fn, "__module__", "?")
+    return f"{module}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def _json_text(value: Any) -> str:
+    import json
+
+    return json.dumps(value, separators=(",", ":"), default=str)

@@ -1,0 +1,112 @@
+"""Lease renewal from a dedicated thread with its own database connection, so a task that
+blocks the event loop (CPU-bound code) still heartbeats and is not declared dead.
+
+Every `check_interval` it also asks which of this worker's attempts it still owns: a run
+cancelled from another process, or whose lease another worker recovered, is reported lost
+and its attempt is stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from perdure.core.clock import Clock
+from perdure.core.errors import PerdureError
+from perdure.storage import Storage, make_storage
+
+log = logging.getLogger("perdure.worker")
+
+Attempts = list[tuple[str, int]]
+
+
+class Heartbeat:
+    def __init__(
+        self,
+        *,
+        storage: Storage,
+        worker_id: str,
+        lease: float,
+        interval: float,
+        check_interval: float,
+        clock: Clock,
+        snapshot: Callable[[], Attempts],
+        on_lost: Callable[[Attempts], None],
+    ) -> None:
+        self._main_storage = storage
+        self._worker_id = worker_id
+        self._lease = lease
+        self._interval = interval
+        self._check_interval = check_interval
+        self._clock = clock
+        self._snapshot = snapshot
+        self._on_lost = on_lost
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._last_extend = time.monotonic()
+        self._failing = False
+
+    def start(self) -> None:
+        if self._main_storage.is_shared:
+            self._thread = threading.Thread(target=self._thread_main, name="perdure-heartbeat",
+                                            daemon=True)
+            self._thread.start()
+        else:
+            # An in-memory database is private to this connection, and no other process can
+            # take its leases: beating on the loop is enough.
+            self._task = asyncio.get_running_loop().create_task(self._loop_main())
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 10)
+
+    def _thread_main(self) -> None:
+        storage = make_storage(self._main_storage.url)
+        with asyncio.Runner() as runner:
+            try:
+                runner.run(storage.open(migrate=False))
+                while not self._stop.is_set():
+                    runner.run(self._beat(storage))
+                    self._stop.wait(self._check_interval)
+            finally:
+                runner.run(storage.close())
+
+    async def _loop_main(self) -> None:
+        while not self._stop.is_set():
+            await self._beat(self._main_storage)
+            await asyncio.sleep(self._check_interval)
+
+    async def _beat(self, storage: Storage) -> None:
+        attempts = self._snapshot()
+        if not attempts:
+            return
+        try:
+            if time.monotonic() - self._last_extend >= self._interval:
+                owned = await storage.extend_leases(self._worker_id, attempts, self._lease,
+                                                    self._clock.time())
+                self._last_extend = time.monotonic()
+            else:
+                owned = await storage.owned_runs(self._worker_id, attempts)
+        except PerdureError as exc:
+            if not self._failing:
+                log.warning("heartbeat failed, will retry: %s", exc,
+                            extra={"worker_id": self._worker_id})
+            self._failing = True
+            return
+        if self._failing:
+            log.info("heartbeat recovered", extra={"worker_id": self._worker_id})
+            self._failing = False
+        lost = [(run_id, attempt) for run_id, attempt in attempts if run_id not in owned]
+        if lost:
+            self._on_lost(lost)

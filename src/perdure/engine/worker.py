@@ -1,0 +1,406 @@
+"""The worker: claims due runs, executes attempts, commits their outcomes.
+
+- Dispatch never awaits execution: each attempt is its own asyncio task, bounded by
+  `concurrency` slots.
+- Outcomes are committed in groups (one transaction for all attempts that finished meanwhile),
+  each fenced on (run, attempt, lease owner).
+- A heartbeat thread renews leases; a maintenance loop recovers expired leases and TTLs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from perdure.core.errors import (
+    ErrorInfo,
+    InputValidationError,
+    NonRetryableError,
+    OutputValidationError,
+    PerdureError,
+    RunCancelledError,
+    TaskTimeoutError,
+)
+from perdure.core.ids import worker_id as new_worker_id
+from perdure.core.models import Outcome, Run
+from perdure.core.serialization import (
+    SerializationErrors,
+    describe_type,
+    format_validation_error,
+)
+from perdure.core.statuses import RunStatus
+from perdure.engine.config import EngineOptions
+from perdure.engine.context import RunContext
+from perdure.engine.heartbeat import Heartbeat
+from perdure.storage import Storage
+
+if TYPE_CHECKING:
+    from perdure.engine.engine import Engine
+    from perdure.engine.task import Task
+
+log = logging.getLogger("perdure.worker")
+
+CLAIM_BATCH = 64
+STOP_CANCELLED = "cancelled"
+STOP_LEASE_LOST = "lease_lost"
+STOP_SHUTDOWN = "shutdown"
+
+
+@dataclass(eq=False)
+class Attempt:
+    run: Run
+    task: Task[Any, Any]
+    ctx: RunContext
+    aio_task: asyncio.Task[None] | None = None
+    stop_reason: str | None = None
+    finishing: bool = False
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.run.id, self.run.attempt)
+
+    def stop(self, reason: str) -> None:
+        if self.finishing or self.stop_reason is not None:
+            return
+        self.stop_reason = reason
+        self.ctx.cancelled.set()
+        if self.aio_task is not None:
+            self.aio_task.cancel()
+
+
+class Worker:
+    def __init__(self, engine: Engine, storage: Storage, options: EngineOptions,
+                 tasks: dict[str, Task[Any, Any]]) -> None:
+        self.engine = engine
+        self.storage = storage
+        self.options = options
+        self.clock = options.clock
+        self.tasks = tasks
+        self.id = new_worker_id()
+        self.queues = sorted(options.queues or {t.queue for t in tasks.values()})
+        self.active: dict[str, Attempt] = {}
+        self._leases: dict[str, int] = {}
+        self._leases_lock = threading.Lock()
+        self._wake = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._stopping = False
+        self._loops: list[asyncio.Task[None]] = []
+        self._pending: list[tuple[Outcome, asyncio.Future[bool]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._threads = ThreadPoolExecutor(max_workers=min(options.concurrency, 64),
+                                           thread_name_prefix="perdure-task")
+        self._loop = asyncio.get_running_loop()
+        self._heartbeat = Heartbeat(
+            storage=storage, worker_id=self.id, lease=options.lease,
+            interval=options.heartbeat,
+            check_interval=min(options.poll_interval, options.heartbeat),
+            clock=self.clock, snapshot=self._lease_snapshot, on_lost=self._report_lost,
+        )
+        self._timers: list[asyncio.TimerHandle] = []
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.storage.register_tasks([t.info() for t in self.tasks.values()],
+                                          self.clock.time())
+        self._heartbeat.start()
+        self._loops = [
+            asyncio.create_task(self._claim_loop(), name="perdure-claim"),
+            asyncio.create_task(self._maintenance_loop(), name="perdure-maintenance"),
+        ]
+        log.info("worker %s started: queues=%s concurrency=%d tasks=%d", self.id,
+                 ",".join(self.queues), self.options.concurrency, len(self.tasks),
+                 extra={"worker_id": self.id})
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop claiming; give running attempts `grace` seconds; release the rest."""
+        grace = self.options.shutdown_grace if grace is None else grace
+        self._stopping = True
+        self._wake.set()
+        for loop_task in self._loops:
+            loop_task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        for attempt in list(self.active.values()):
+            attempt.ctx.shutdown.set()
+        if self.active:
+            waits = [a.done.wait() for a in self.active.values()]
+            try:
+                async with asyncio.timeout(grace):
+                    await asyncio.gather(*waits)
+            except TimeoutError:
+                pass
+        remaining = [a for a in self.active.values() if not a.finishing]
+        if remaining:
+            for attempt in remaining:
+                attempt.stop(STOP_SHUTDOWN)
+            await asyncio.gather(*(a.done.wait() for a in remaining))
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        for timer in self._timers:
+            timer.cancel()
+        await self._heartbeat.stop()
+        self._threads.shutdown(wait=False, cancel_futures=True)
+        log.info("worker %s stopped", self.id, extra={"worker_id": self.id})
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def wake_at(self, when: float) -> None:
+        """Claim again when a delayed run or retry becomes due (this process only)."""
+        delay = max(0.0, when - self.clock.time())
+        self._timers = [t for t in self._timers if not t.cancelled()]
+        self._timers.append(self._loop.call_later(delay, self._wake.set))
+
+    def cancel_local(self, run_id: str) -> None:
+        attempt = self.active.get(run_id)
+        if attempt is not None:
+            attempt.stop(STOP_CANCELLED)
+
+    # --- claiming ----------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        task_ids = sorted(self.tasks)
+        backoff = 0.0
+        while not self._stopping:
+            free = self.options.concurrency - len(self.active)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            limit = min(free, CLAIM_BATCH)
+            # Clear before claiming: a notification that lands during the claim re-wakes us.
+            self._wake.clear()
+            try:
+                runs = await self.storage.claim_runs(self.id, self.queues, task_ids, limit,
+                                                     self.options.lease, self.clock.time())
+                backoff = 0.0
+            except PerdureError as exc:
+                backoff = min(max(backoff * 2, 0.1), 5.0)
+                log.warning("claim failed, retrying in %.1fs: %s", backoff, exc,
+                            extra={"worker_id": self.id})
+                await asyncio.sleep(backoff)
+                continue
+            for run in runs:
+                self._start_attempt(run)
+            if len(runs) < limit:
+                try:
+                    async with asyncio.timeout(self.options.poll_interval):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+
+    def _start_attempt(self, run: Run) -> None:
+        task = self.tasks[run.task_id]
+        ctx = RunContext(self.engine, run, self.id)
+        attempt = Attempt(run=run, task=task, ctx=ctx)
+        self.active[run.id] = attempt
+        with self._leases_lock:
+            self._leases[run.id] = run.attempt
+        attempt.aio_task = asyncio.create_task(self._run_attempt(attempt),
+                                               name=f"perdure-run-{run.id}")
+
+    # --- executing ---------------------------------------------------------------------------
+
+    async def _run_attempt(self, attempt: Attempt) -> None:
+        run = attempt.run
+        outcome: Outcome | None = None
+        try:
+            outcome = await self._execute(attempt)
+        except asyncio.CancelledError:
+            outcome = None
+        except BaseException as exc:  # never let one attempt kill the worker
+            log.exception("internal error running %s", run.id, extra=_extra(run, self.id))
+            outcome = Outcome(run.id, run.attempt, RunStatus.FAILED,
+                              error=ErrorInfo.from_exception(exc, retryable=False))
+        try:
+            if attempt.stop_reason in (STOP_CANCELLED, STOP_LEASE_LOST):
+                outcome = None  # someone else owns the run now; our result must not land
+            if outcome is not None:
+                attempt.finishing = True
+                applied = await self._submit(outcome)
+                if not applied:
+                    log.warning(
+                        "stale write rejected: run %s attempt %d is no longer leased to "
+                        "worker %s; its outcome (%s) was discarded", run.id, run.attempt,
+                        self.id, outcome.status.value, extra=_extra(run, self.id))
+            elif attempt.stop_reason == STOP_SHUTDOWN:
+                await self.storage.release_runs(self.id, [attempt.key], self.clock.time())
+        except asyncio.CancelledError:
+            pass
+        except PerdureError as exc:
+            log.error("could not record the outcome of %s attempt %d: %s; the lease will "
+                      "expire and the run will be re-run", run.id, run.attempt, exc,
+                      extra=_extra(run, self.id))
+        finally:
+            self.active.pop(run.id, None)
+            with self._leases_lock:
+                self._leases.pop(run.id, None)
+            attempt.done.set()
+            self._slot_freed.set()
+            self._wake.set()
+            self.engine._attempt_finished(run.id)  # pyright: ignore[reportPrivateUsage]
+
+    async def _execute(self, attempt: Attempt) -> Outcome:
+        run, task, ctx = attempt.run, attempt.task, attempt.ctx
+        try:
+            args: tuple[Any, ...] = (ctx,)
+            if task.takes_input:
+                args = (ctx, task.input_codec.load(run.input))
+        except ValidationError as exc:
+            text, _ = format_validation_error(exc)
+            error = InputValidationError(
+                f"stored input of run {run.id} does not match task {task.id!r}'s input type "
+                f"{describe_type(task.input_codec.type)}: {text}", task_id=task.id)
+            return self._failure(run, error, retryable=False)
+        timeout = run.timeout
+        scope = asyncio.timeout(timeout)
+        try:
+            async with scope:
+                if task.is_async:
+                    result = await task.fn(*args)
+                else:
+                    call = functools.partial(task.fn, *args)
+                    result = await self._loop.run_in_executor(self._threads, call)
+        except TimeoutError as exc:
+            if not scope.expired():
+                return self._failure(run, exc)
+            ctx.cancelled.set()  # a sync body keeps running in its thread: ask it to stop
+            error = TaskTimeoutError(
+                f"run {run.id} of task {task.id!r} exceeded its timeout of {timeout:g}s "
+                f"(attempt {run.attempt})")
+            return Outcome(run.id, run.attempt, RunStatus.TIMED_OUT,
+                           error=ErrorInfo.from_exception(error, retryable=False))
+        except RunCancelledError as exc:
+            return Outcome(run.id, run.attempt, RunStatus.CANCELLED,
+                           error=ErrorInfo.from_exception(exc, retryable=False))
+        except Exception as exc:
+            return self._failure(run, exc)
+        try:
+            output_json = task.output_codec.dump_json(result)
+        except SerializationErrors as exc:
+            error = OutputValidationError(
+                f"task {task.id!r} returned {type(result).__name__}, which does not serialize "
+                f"as its declared output type {describe_type(task.output_codec.type)}: {exc}")
+            return self._failure(run, error, retryable=False)
+        size = len(output_json.encode())
+        if size > self.options.max_payload_bytes:
+            error = OutputValidationError(
+                f"output of run {run.id} of task {task.id!r} is {size} bytes serialized; the "
+                f"limit is {self.options.max_payload_bytes} bytes (engine option "
+                "max_payload_bytes)")
+            return self._failure(run, error, retryable=False)
+        return Outcome(run.id, run.attempt, RunStatus.COMPLETED, output_json=output_json)
+
+    def _failure(self, run: Run, exc: BaseException, *, retryable: bool | None = None) -> Outcome:
+        if retryable is None:
+            retryable = not isinstance(exc, NonRetryableError)
+        error = ErrorInfo.from_exception(exc, retryable=retryable)
+        # Lost leases are crashes, capped separately by max_lost_leases; they do not use up
+        # the attempts the retry policy grants for failures.
+        failures = run.attempt - run.lost_leases
+        if retryable and failures < run.max_attempts:
+            task = self.tasks[run.task_id]
+            retry_at = self.clock.time() + task.retry.delay(failures)
+            self.wake_at(retry_at)
+            log.info("run %s attempt %d failed (%s), retrying at +%.2fs", run.id, run.attempt,
+                     error.type, retry_at - self.clock.time(), extra=_extra(run, self.id))
+            return Outcome(run.id, run.attempt, RunStatus.RETRYING, error=error,
+                           retry_at=retry_at)
+        log.info("run %s failed on attempt %d: %s: %s", run.id, run.attempt, error.type,
+                 error.message, extra=_extra(run, self.id))
+        return Outcome(run.id, run.attempt, RunStatus.FAILED, error=error)
+
+    # --- committing outcomes (group commit) --------------------------------------------------
+
+    async def _submit(self, outcome: Outcome) -> bool:
+        future: asyncio.Future[bool] = self._loop.create_future()
+        self._pending.append((outcome, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            outcomes = [o for o, _ in batch]
+            results: list[bool] | None = None
+            delay = 0.05
+            deadline = time.monotonic() + self.options.lease
+            while results is None:
+                try:
+                    results = await self.storage.finish_attempts(self.id, outcomes,
+                                                                 self.clock.time())
+                except PerdureError as exc:
+                    if time.monotonic() + delay > deadline:
+                        for _, future in batch:
+                            if not future.done():
+                                future.set_exception(exc)
+                        break
+                    log.warning("committing %d outcomes failed, retrying: %s", len(batch), exc,
+                                extra={"worker_id": self.id})
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+            if results is not None:
+                for (_, future), applied in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(applied)
+
+    # --- leases ------------------------------------------------------------------------------
+
+    def _lease_snapshot(self) -> list[tuple[str, int]]:
+        with self._leases_lock:
+            return list(self._leases.items())
+
+    def _report_lost(self, lost: list[tuple[str, int]]) -> None:
+        """Called from the heartbeat thread."""
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._on_lost, lost)
+
+    def _on_lost(self, lost: list[tuple[str, int]]) -> None:
+        for run_id, attempt_no in lost:
+            attempt = self.active.get(run_id)
+            if attempt is None or attempt.run.attempt != attempt_no or attempt.finishing:
+                continue
+            log.warning("run %s attempt %d is no longer leased to this worker (cancelled or "
+                        "recovered elsewhere); stopping it", run_id, attempt_no,
+                        extra=_extra(attempt.run, self.id))
+            attempt.stop(STOP_LEASE_LOST)
+
+    async def _maintenance_loop(self) -> None:
+        interval = min(1.0, self.options.lease / 4, self.options.poll_interval * 2)
+        while not self._stopping:
+            await self.run_maintenance()
+            await asyncio.sleep(interval)
+
+    async def run_maintenance(self) -> None:
+        """Recover expired leases and expire runs whose TTL passed (safe on every worker:
+        each row changes under a conditional UPDATE, so concurrent sweepers don't collide)."""
+        try:
+            now = self.clock.time()
+            recovered = await self.storage.recover_expired_leases(
+                now, self.options.max_lost_leases)
+            for run in recovered:
+                log.warning("recovered run %s from a lost lease (%d lost so far) -> %s",
+                            run.id, run.lost_leases, run.status.value,
+                            extra=_extra(run, self.id))
+                if run.status.is_terminal:
+                    self.engine._attempt_finished(run.id)  # pyright: ignore[reportPrivateUsage]
+            expired = await self.storage.expire_runs(now)
+            for run_id in expired:
+                self.engine._attempt_finished(run_id)  # pyright: ignore[reportPrivateUsage]
+        except PerdureError as exc:
+            log.warning("maintenance failed, will retry: %s", exc, extra={"worker_id": self.id})
+
+
+def _extra(run: Run, worker: str) -> dict[str, Any]:
+    return {"run_id": run.id, "task_id": run.task_id, "attempt": run.attempt,
+            "worker_id": worker}

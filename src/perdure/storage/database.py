@@ -1,0 +1,90 @@
+"""The driver layer: a named-query connection and transactions. Backends differ only here;
+the operations in `perdure.storage.runs` are written once on top of it."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+Row = dict[str, Any]
+Params = Mapping[str, Any]
+Listener = Callable[[str, str], None]
+
+#: Notification channels: new or due work, a finished run, a cancelled run.
+CHANNEL_WORK = "work"
+CHANNEL_FINISHED = "finished"
+CHANNEL_CANCEL = "cancel"
+
+
+class Tx(ABC):
+    """One transaction: run named queries, queue notifications sent on commit."""
+
+    def __init__(self) -> None:
+        self.notifications: list[tuple[str, str]] = []
+
+    @abstractmethod
+    async def fetchall(self, name: str, params: Params) -> list[Row]: ...
+
+    @abstractmethod
+    async def execute(self, name: str, params: Params) -> int:
+        """Run a statement; returns the number of rows it changed."""
+
+    @abstractmethod
+    async def executemany(self, name: str, params: Sequence[Params]) -> None: ...
+
+    async def fetchone(self, name: str, params: Params) -> Row | None:
+        rows = await self.fetchall(name, params)
+        return rows[0] if rows else None
+
+    def notify(self, channel: str, payload: str = "") -> None:
+        """Deliver after commit; dropped on rollback."""
+        self.notifications.append((channel, payload))
+
+
+class Database(ABC):
+    dialect: str
+    url: str
+
+    def __init__(self) -> None:
+        self._listeners: list[Listener] = []
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _dispatch(self, notifications: list[tuple[str, str]]) -> None:
+        for channel, payload in notifications:
+            for listener in list(self._listeners):
+                listener(channel, payload)
+
+    @abstractmethod
+    async def open(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    def transaction(self) -> AbstractAsyncContextManager[Tx]:
+        """A write transaction (SQLite: BEGIN IMMEDIATE; PostgreSQL: READ COMMITTED)."""
+
+    @abstractmethod
+    def reader(self) -> AbstractAsyncContextManager[Tx]:
+        """Reads that need no write lock."""
+
+    @abstractmethod
+    def migration_transaction(self) -> AbstractAsyncContextManager[Tx]:
+        """A transaction holding the migration lock (SQLite: EXCLUSIVE; PG: advisory lock)."""
+
+    @abstractmethod
+    async def run_script(self, tx: Tx, sql: str) -> None:
+        """Run a migration file's statements inside `tx`."""
+
+    @property
+    def is_shared(self) -> bool:
+        """Whether other processes can see this database (not an in-memory SQLite)."""
+        return True

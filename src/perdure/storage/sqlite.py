@@ -1,0 +1,171 @@
+"""SQLite driver: one connection per storage instance, used on the event loop thread.
+
+Statements are short and never wait on user code, so running them inline beats a thread hop.
+WAL lets readers in other processes proceed during writes; `BEGIN IMMEDIATE` takes the write
+lock up front, so a transaction's reads and its conditional UPDATEs see one consistent state.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from perdure.core.errors import StorageError
+from perdure.storage.database import Database, Params, Row, Tx
+from perdure.storage.queries import load_queries
+
+BUSY_TIMEOUT_MS = 10_000
+DEFAULT_PATH = ".perdure/perdure.db"
+
+
+def _adapt(params: Params) -> dict[str, Any]:
+    # List parameters travel as JSON arrays and are read back with json_each.
+    return {k: json.dumps(v) if isinstance(v, list | tuple) else v for k, v in params.items()}
+
+
+def _dict_factory(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
+    return {col[0]: value for col, value in zip(cursor.description, row, strict=True)}
+
+
+class SQLiteTx(Tx):
+    def __init__(self, conn: sqlite3.Connection, queries: dict[str, str]) -> None:
+        super().__init__()
+        self._conn = conn
+        self._queries = queries
+
+    def _sql(self, name: str) -> str:
+        return self._queries[name]
+
+    async def fetchall(self, name: str, params: Params) -> list[Row]:
+        try:
+            return self._conn.execute(self._sql(name), _adapt(params)).fetchall()
+        except sqlite3.Error as exc:
+            raise StorageError(f"SQLite query {name!r} failed: {exc}") from exc
+
+    async def execute(self, name: str, params: Params) -> int:
+        try:
+            return self._conn.execute(self._sql(name), _adapt(params)).rowcount
+        except sqlite3.Error as exc:
+            raise StorageError(f"SQLite query {name!r} failed: {exc}") from exc
+
+    async def executemany(self, name: str, params: Sequence[Params]) -> None:
+        if not params:
+            return
+        try:
+            self._conn.executemany(self._sql(name), [_adapt(p) for p in params])
+        except sqlite3.Error as exc:
+            raise StorageError(f"SQLite query {name!r} failed: {exc}") from exc
+
+
+class SQLiteDatabase(Database):
+    dialect = "sqlite"
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+        self._path, self._memory = _parse_url(url)
+        self._conn: sqlite3.Connection | None = None
+        self._queries = load_queries("sqlite")
+        self._lock = threading.RLock()  # the connection is also reached from worker threads
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def is_shared(self) -> bool:
+        return not self._memory
+
+    async def open(self) -> None:
+        if self._conn is not None:
+            return
+        try:
+            if not self._memory:
+                Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self._path,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,  # explicit BEGIN/COMMIT only
+                check_same_thread=False,
+                uri=self._memory,
+            )
+            conn.row_factory = _dict_factory
+            if not self._memory:
+                conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open SQLite database {self._path!r}: {exc}") from exc
+        self._conn = conn
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StorageError("storage is not open; call `await engine.start()` or use it "
+                               "inside `async with engine:`")
+        return self._conn
+
+    @asynccontextmanager
+    async def _tx(self, begin: str) -> AsyncIterator[Tx]:
+        conn = self._connection()
+        with self._lock:
+            try:
+                conn.execute(begin)
+            except sqlite3.Error as exc:
+                raise StorageError(f"SQLite {begin} failed: {exc}") from exc
+            tx = SQLiteTx(conn, self._queries)
+            try:
+                yield tx
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise StorageError(f"SQLite COMMIT failed: {exc}") from exc
+        self._dispatch(tx.notifications)
+
+    def transaction(self) -> Any:
+        return self._tx("BEGIN IMMEDIATE")
+
+    def reader(self) -> Any:
+        return self._tx("BEGIN DEFERRED")
+
+    def migration_transaction(self) -> Any:
+        return self._tx("BEGIN EXCLUSIVE")
+
+    async def run_script(self, tx: Tx, sql: str) -> None:
+        conn = self._connection()
+        statement = ""
+        for line in sql.splitlines(keepends=True):
+            statement += line
+            if sqlite3.complete_statement(statement):
+                conn.execute(statement)
+                statement = ""
+        if statement.strip():
+            raise StorageError(f"incomplete SQL statement in migration: {statement[:80]!r}")
+
+
+def _parse_url(url: str) -> tuple[str, bool]:
+    """`memory://` → a private in-memory database; `sqlite:///path.db` → a file."""
+    if url.startswith("memory://"):
+        return f"file:perdure-{uuid.uuid4().hex}?mode=memory&cache=private", True
+    # SQLAlchemy's convention: sqlite:///relative.db, sqlite:////absolute/path.db
+    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url
+    path = path.removeprefix("sqlite://")
+    return path or DEFAULT_PATH, False
+
