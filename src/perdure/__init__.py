@@ -20,19 +20,24 @@ from perdure.core.errors import (
     RateLimitedError,
     RetryableError,
     RunCancelledError,
+    RunExpiredError,
     RunFailedError,
     RunNotFoundError,
     RunTimedOutError,
+    StepFailedError,
     StorageError,
     SyncInAsyncError,
     TaskNotFoundError,
     TaskTimeoutError,
+    TokenNotFoundError,
+    TokenTimeoutError,
     WorkerLostError,
 )
-from perdure.core.models import Run, RunEvent, RunPage
+from perdure.core.models import Run, RunEvent, RunPage, RunResult
 from perdure.core.retry import RetryPolicy
 from perdure.core.statuses import RunStatus
 from perdure.engine.context import RunContext
+from perdure.engine.durable import Token
 from perdure.engine.engine import Engine
 from perdure.engine.handle import RunHandle
 from perdure.engine.task import Task
@@ -61,18 +66,24 @@ __all__ = [
     "RunCancelledError",
     "RunContext",
     "RunEvent",
+    "RunExpiredError",
     "RunFailedError",
     "RunHandle",
     "RunNotFoundError",
     "RunPage",
+    "RunResult",
     "RunStatus",
     "RunTimedOutError",
+    "StepFailedError",
     "StorageError",
     "SyncInAsyncError",
     "SystemClock",
     "Task",
     "TaskNotFoundError",
     "TaskTimeoutError",
+    "Token",
+    "TokenNotFoundError",
+    "TokenTimeoutError",
     "WorkerLostError",
     "__version__",
 ]

@@ -52,7 +52,7 @@ EXPECTED_TRANSITIONS: dict[str, set[str]] = {
         "waiting_for_children",
     },
     "retrying": {"running", "cancelled", "queued"},
-    "suspended": {"queued", "cancelled", "failed", "timed_out"},
+    "suspended": {"running", "queued", "cancelled", "failed", "timed_out"},
     "waiting_for_children": {
         "queued",
         "waiting_for_finalize",
@@ -129,8 +129,11 @@ def test_sources_of_is_consistent_with_transitions(target: str) -> None:
 
 def test_sources_of_claim_and_expiry() -> None:
     # Storage claims runs `WHERE status IN sources_of(RUNNING)` and expires by TTL the same way.
-    assert sources_of(RunStatus.RUNNING) == ("delayed", "queued", "retrying")
-    assert set(sources_of(RunStatus.RUNNING)) == {s.value for s in CLAIMABLE_STATUSES}
+    # A suspended run is claimed once its wake-up is due.
+    assert sources_of(RunStatus.RUNNING) == ("delayed", "queued", "retrying", "suspended")
+    assert set(sources_of(RunStatus.RUNNING)) == {s.value for s in CLAIMABLE_STATUSES} | {
+        "suspended"
+    }
     assert sources_of(RunStatus.EXPIRED) == ("delayed", "queued")
     assert sources_of(RunStatus.CANCELLED) == (
         "delayed",

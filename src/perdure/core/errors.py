@@ -156,6 +156,22 @@ class TaskTimeoutError(PerdureError):
     """An attempt ran longer than the task's timeout (stored as the run's error)."""
 
 
+class RunExpiredError(PerdureError):
+    """The run's ttl passed before any worker started it (stored as the run's error)."""
+
+
+class TokenNotFoundError(PerdureError, LookupError):
+    """No wait token with this id exists."""
+
+
+class TokenTimeoutError(PerdureError):
+    """A wait token was not completed before its timeout."""
+
+
+class StepFailedError(NonRetryableError):
+    """Re-raised on replay for a step whose final error was recorded."""
+
+
 class WorkerLostError(PerdureError):
     """The run's worker stopped heartbeating too many times (stored as the run's error)."""
 

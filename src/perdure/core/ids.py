@@ -3,7 +3,8 @@
 Sorting ids sorts by creation time, which keeps the primary key index append-mostly and lets
 listings page by id. Within one process ids are strictly increasing even inside one
 millisecond (ULID-style monotonic): a second id in the same millisecond reuses the previous
-random part plus one instead of drawing a new one.
+random part plus one instead of drawing a new one. (An id made with an earlier `now`, or after
+the system clock stepped back, sorts by its own time.)
 """
 
 from __future__ import annotations
@@ -50,11 +51,13 @@ def _draw_random() -> int:
 def new_id(prefix: str, now: float | None = None) -> str:
     """A new id `{prefix}_…`; `now` (epoch seconds) defaults to the system time."""
     global _last_millis, _last_random
-    millis = int((time.time() if now is None else now) * 1000)
     with _lock:
+        # Read the time under the lock too, or a thread holding a stale reading would go
+        # back to an earlier millisecond after another thread moved on.
+        millis = int((time.time() if now is None else now) * 1000)
         if millis == _last_millis:
             rand = _last_random + 1
-            if rand >> _RANDOM_BITS:  # 2**80 ids in one millisecond: carry into the time part
+            if rand >> _RANDOM_BITS:  # the random part is full (odds ~2**-60): carry into time
                 millis += 1
                 rand = _draw_random()
         else:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from perdure.core.clock import to_datetime
 from perdure.core.errors import ErrorInfo
 from perdure.core.statuses import RunStatus
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +39,7 @@ class Run:
     expires_at: datetime | None = None
     max_attempts: int = 1
     lost_leases: int = 0
+    failures: int = 0
     timeout: float | None = None
     version: str | None = None
     concurrency_key: str | None = None
@@ -139,3 +142,32 @@ class TaskInfo:
 
 def ts(value: float | None) -> datetime | None:
     return to_datetime(value)
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """One durable call of a run (a step, sleep, token or child wait) at its position."""
+
+    run_id: str
+    position: int
+    kind: str  # step | sleep | token | child
+    name: str
+    status: str  # completed | failed | pending
+    output: Any = None
+    error: ErrorInfo | None = None
+    wake_at: float | None = None
+    token_id: str | None = None
+    child_run_id: str | None = None
+    batch: int | None = None
+    attempt: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult(Generic[T]):
+    """The settled result of a child run: `ok` with `output`, or not with `error`."""
+
+    ok: bool
+    output: T | None = None
+    error: ErrorInfo | None = None
+    status: RunStatus = RunStatus.COMPLETED
+    run_id: str | None = None

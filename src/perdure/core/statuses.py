@@ -61,7 +61,9 @@ TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
     ),
     # A retry keeps the run's place: TTL no longer applies once it has started.
     S.RETRYING: frozenset({S.RUNNING, S.CANCELLED, S.QUEUED}),
-    S.SUSPENDED: frozenset({S.QUEUED, S.CANCELLED, S.FAILED, S.TIMED_OUT}),
+    # A suspended run whose wake-up is due (sleep over, token or child settled) is claimed
+    # directly, like a due delayed run.
+    S.SUSPENDED: frozenset({S.RUNNING, S.QUEUED, S.CANCELLED, S.FAILED, S.TIMED_OUT}),
     S.WAITING_FOR_CHILDREN: frozenset(
         {
             S.QUEUED,

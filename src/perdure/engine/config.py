@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
 from typing import Any
 
@@ -95,7 +95,7 @@ class EngineOptions:
     max_children: int = 1000
     max_payload_bytes: int = 1024 * 1024
     max_lost_leases: int = 3
-    clock: Clock = SystemClock()
+    clock: Clock = field(default_factory=SystemClock)
 
     @classmethod
     def resolve(cls, explicit: Mapping[str, Any],

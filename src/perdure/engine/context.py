@@ -5,12 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from perdure.core.models import Run
+from perdure.core.retry import RetryPolicy
+from perdure.engine.durable import Durable, Token, duration, timestamp
+from perdure.engine.sync import run_sync
 
 if TYPE_CHECKING:
     from perdure.engine.engine import Engine
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class Signal:
@@ -49,6 +57,20 @@ class Signal:
         return self._flag.wait(timeout)
 
 
+class _HistoryLog(logging.LoggerAdapter[logging.Logger]):
+    """`ctx.log`: logs with run context and captures each line into the run's history."""
+
+    def __init__(self, logger: logging.Logger, extra: dict[str, Any],
+                 sink: Callable[[str, dict[str, Any]], None]) -> None:
+        super().__init__(logger, extra)
+        self._sink = sink
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        text = str(msg) % args if args else str(msg)
+        self._sink("log", {"level": logging.getLevelName(level).lower(), "message": text})
+        super().log(level, msg, *args, **kwargs)
+
+
 class RunContext:
     """Passed to every task body as its first argument.
 
@@ -66,11 +88,103 @@ class RunContext:
         self.metadata: dict[str, Any] = dict(run.metadata)
         self.cancelled = Signal()
         self.shutdown = Signal()
-        self.log = logging.LoggerAdapter(
-            logging.getLogger(f"perdure.task.{run.task_id}"),
-            {"run_id": run.id, "task_id": run.task_id, "attempt": run.attempt,
-             "worker_id": worker_id},
-        )
+        self._durable = Durable(self, run, worker_id)
+        self._pending_events: list[tuple[str, dict[str, Any]]] = []
+        self._saved_metadata: dict[str, Any] = dict(run.metadata)
+        extra = {"run_id": run.id, "task_id": run.task_id, "attempt": run.attempt,
+                 "worker_id": worker_id}
+        self.log = _HistoryLog(logging.getLogger(f"perdure.task.{run.task_id}"), extra,
+                               self._buffer_event)
 
     def __repr__(self) -> str:
         return f"<RunContext run={self.run_id} task={self.task_id!r} attempt={self.attempt}>"
+
+    # --- durable calls -----------------------------------------------------------------------
+
+    @overload
+    async def step(self, name: str, fn: Callable[P, Awaitable[T]], /, *args: P.args,
+                   **kwargs: P.kwargs) -> T: ...
+    @overload
+    async def step(self, name: str, fn: Callable[P, T], /, *args: P.args,
+                   **kwargs: P.kwargs) -> T: ...
+    async def step(self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run `fn(*args, **kwargs)` once per run: its result is recorded and returned from the
+        record on every later execution. Pass `retry=RetryPolicy(...)` as a keyword to retry
+        the step in place before the failure reaches the run."""
+        retry = kwargs.pop("retry", None)
+        await self._flush_events()
+        return await self._durable.step(name, fn, args, kwargs, _retry(retry))
+
+    def step_sync(self, name: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """`step` for `def` task bodies (runs `fn` in a worker thread)."""
+        retry = _retry(kwargs.pop("retry", None))
+        return run_sync(self.engine, "step_sync",
+                        lambda: self._durable.step(name, fn, args, kwargs, retry, True))
+
+    async def sleep(self, seconds: float | timedelta) -> None:
+        """Sleep durably: short sleeps stay in process; longer ones suspend the run, freeing
+        its slot, and it resumes on any worker when due."""
+        await self.sleep_until_ts(self.engine.clock.time() + duration(seconds, "seconds"))
+
+    async def sleep_until(self, when: datetime) -> None:
+        await self.sleep_until_ts(timestamp(when))
+
+    async def sleep_until_ts(self, wake_at: float) -> None:
+        await self._flush_events()
+        await self._durable.sleep_until(wake_at)
+
+    def sleep_sync(self, seconds: float | timedelta) -> None:
+        run_sync(self.engine, "sleep_sync", lambda: self.sleep(seconds))
+
+    async def create_token(self, timeout: float | timedelta | None = None) -> Token:
+        """A token another process completes with `engine.complete_token(token.id, output)`."""
+        seconds = None if timeout is None else duration(timeout, "timeout")
+        return await self._durable.create_token(seconds)
+
+    def create_token_sync(self, timeout: float | timedelta | None = None) -> Token:
+        return run_sync(self.engine, "create_token_sync", lambda: self.create_token(timeout))
+
+    async def wait_for_token(self, token: Token, type: Any = Any) -> Any:
+        """The token's output (rehydrated as `type`), or `TokenTimeoutError` after its
+        timeout. Suspends the run until then."""
+        await self._flush_events()
+        return await self._durable.wait_for_token(token, type)
+
+    def wait_for_token_sync(self, token: Token, type: Any = Any) -> Any:
+        return run_sync(self.engine, "wait_for_token_sync",
+                        lambda: self.wait_for_token(token, type))
+
+    # --- observability -----------------------------------------------------------------------
+
+    def progress(self, data: Any) -> None:
+        """Record a progress event (written with the next durable call or at attempt end)."""
+        self._buffer_event("progress", {"data": data})
+
+    def _buffer_event(self, type_: str, data: dict[str, Any]) -> None:
+        self._pending_events.append((type_, data))
+
+    async def _flush_events(self) -> None:
+        """Persist buffered progress/log events and changed metadata (fenced)."""
+        storage = self._durable.storage
+        now = self.engine.clock.time()
+        if await self._durable.replaying():
+            # This stretch of code already ran in an earlier execution, which recorded its
+            # progress, logs and metadata: don't write them twice.
+            self._pending_events.clear()
+            self._saved_metadata = dict(self.metadata)
+            return
+        if self._pending_events:
+            events, self._pending_events = self._pending_events, []
+            await storage.append_events(self._durable.fence, events, now)
+        if self.metadata != self._saved_metadata:
+            snapshot = dict(self.metadata)
+            if await storage.update_metadata(self._durable.fence, snapshot, now):
+                self._saved_metadata = snapshot
+
+
+def _retry(value: Any) -> RetryPolicy | None:
+    if value is None or isinstance(value, RetryPolicy):
+        return value
+    from perdure.core.errors import InvalidOptionError
+
+    raise InvalidOptionError("retry", "a RetryPolicy", value)

@@ -11,13 +11,16 @@ from typing import Any, Protocol, TypeVar, overload
 
 from perdure.core.clock import Clock
 from perdure.core.errors import (
+    DuplicateTaskError,
+    ErrorInfo,
     InvalidOptionError,
     PerdureError,
     RunNotFoundError,
     TaskNotFoundError,
+    TokenNotFoundError,
 )
 from perdure.core.ids import run_id as new_run_id
-from perdure.core.models import NewRun, Run, RunEvent, RunPage, TaskInfo
+from perdure.core.models import NewRun, Run, RunEvent, RunPage, StepRecord, TaskInfo
 from perdure.core.retry import RetryPolicy
 from perdure.core.serialization import ANY_CODEC, check_size
 from perdure.core.statuses import RunStatus, parse_status
@@ -25,7 +28,6 @@ from perdure.engine.config import EngineOptions
 from perdure.engine.context import RunContext
 from perdure.engine.handle import RunHandle
 from perdure.engine.sync import Portal, run_sync
-from perdure.core.errors import DuplicateTaskError
 from perdure.engine.task import Task, TriggerOptions
 from perdure.engine.worker import Worker
 from perdure.storage import (
@@ -170,8 +172,16 @@ class Engine:
         return await self._ensure_open()
 
     async def migrate(self) -> list[int]:
-        storage = await self._ensure_open()
-        return await storage.migrate()
+        """Apply pending migrations now; returns the versions applied (empty: up to date)."""
+        if self._storage is None:
+            # Opening migrates implicitly; open without it so the caller learns what ran.
+            storage = make_storage(self.url)
+            await storage.open(migrate=False)
+            try:
+                return await storage.migrate()
+            finally:
+                await storage.close()
+        return await self._storage.migrate()
 
     async def start(self) -> None:
         """Start the in-process worker (claims and runs this engine's tasks)."""
@@ -258,6 +268,18 @@ class Engine:
                             options: TriggerOptions) -> list[RunHandle[Out]]:
         storage = await self._ensure_open()
         now = self.clock.time()
+        new_runs = self._new_runs(task, inputs, options, now=now)
+        results = await storage.create_runs(new_runs, now)
+        if self._worker is not None and new_runs and new_runs[0].status is RunStatus.DELAYED:
+            self._worker.wake_at(new_runs[0].available_at)
+        out_codec = task.output_codec if isinstance(task, Task) else None
+        return [RunHandle(self, run.id, out_codec) for run, _ in results]
+
+    def _new_runs(self, task: Task[Any, Any] | TaskInfo, inputs: Sequence[Any],
+                  options: TriggerOptions, *, now: float | None = None,
+                  parent: Run | None = None) -> list[NewRun]:
+        """Validate inputs and build the rows to insert (raises before anything is stored)."""
+        now = self.clock.time() if now is None else now
         if isinstance(task, Task):
             task_id, queue, codec = task.id, task.queue, task.input_codec
             max_attempts, timeout, version = task.retry.max_attempts, task.timeout, task.version
@@ -272,6 +294,8 @@ class Engine:
             available_at = now
         status = RunStatus.DELAYED if available_at > now else RunStatus.QUEUED
         limit = self.options.max_payload_bytes
+        if options.metadata is not None:
+            check_size(_json_text(options.metadata), limit, "metadata", task_id)
         new_runs: list[NewRun] = []
         for value in inputs:
             validated = codec.validate(value, task_id=task_id)
@@ -280,9 +304,8 @@ class Engine:
             except (TypeError, ValueError) as exc:
                 raise InvalidOptionError("input", "a JSON-serializable value", value) from exc
             check_size(input_json, limit, "input", task_id)
-            run_id = new_run_id(now)
             new_runs.append(NewRun(
-                id=run_id, task_id=task_id, queue=options.queue or queue,
+                id=new_run_id(now), task_id=task_id, queue=options.queue or queue,
                 input_json=input_json, status=status, available_at=available_at,
                 max_attempts=max_attempts, priority=options.priority, timeout=timeout,
                 version=version, expires_at=None if options.ttl is None else now + options.ttl,
@@ -291,14 +314,35 @@ class Engine:
                 else now + (options.idempotency_ttl or DEFAULT_IDEMPOTENCY_TTL),
                 concurrency_key=options.concurrency_key, tags=list(options.tags),
                 metadata=dict(options.metadata or {}),
+                parent_id=None if parent is None else parent.id,
+                root_id=None if parent is None else (parent.root_id or parent.id),
             ))
-        if options.metadata is not None:
-            check_size(_json_text(options.metadata), limit, "metadata", task_id)
-        results = await storage.create_runs(new_runs, now)
-        if self._worker is not None and status is RunStatus.DELAYED:
-            self._worker.wake_at(available_at)
-        out_codec = task.output_codec if isinstance(task, Task) else None
-        return [RunHandle(self, run.id, out_codec) for run, _ in results]
+        return new_runs
+
+    async def complete_token(self, token_id: str, output: Any = None, *,
+                             error: str | None = None) -> StepRecord:
+        """Complete a run's wait token from any process (or fail it with `error=`). The first
+        completion wins; later ones return the recorded one unchanged."""
+        storage = await self._ensure_open()
+        try:
+            output_json = _json_text(output)
+        except (TypeError, ValueError) as exc:
+            raise InvalidOptionError("output", "a JSON-serializable value", output) from exc
+        check_size(output_json, self.options.max_payload_bytes, "token output")
+        failure = None if error is None else ErrorInfo(type="TokenFailedError", message=error,
+                                                       retryable=False)
+        record, _changed = await storage.complete_token(
+            token_id, None if error is not None else output_json, failure, self.clock.time())
+        if record is None:
+            raise TokenNotFoundError(
+                f"unknown token {token_id!r}: tokens are created in a task body with "
+                "`token = await ctx.create_token()` and completed with `token.id`")
+        return record
+
+    def complete_token_sync(self, token_id: str, output: Any = None, *,
+                            error: str | None = None) -> StepRecord:
+        return run_sync(self, "complete_token_sync",
+                        lambda: self.complete_token(token_id, output, error=error))
 
     # --- reading and controlling runs --------------------------------------------------------
 

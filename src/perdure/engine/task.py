@@ -9,23 +9,28 @@ from __future__ import annotations
 import inspect
 import re
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from pydantic import PydanticUserError
+
 from perdure.core.errors import ConfigurationError, InvalidOptionError
-from perdure.core.models import TaskInfo
+from perdure.core.models import RunResult, TaskInfo
 from perdure.core.retry import RetryPolicy, to_seconds
-from perdure.core.serialization import Codec, codec_for
+from perdure.core.serialization import Codec, codec_for, describe_type
+from perdure.engine.durable import context_or_error, current_context
 from perdure.engine.handle import RunHandle
 from perdure.engine.sync import run_sync
 
 if TYPE_CHECKING:
+    from perdure.engine.context import RunContext
     from perdure.engine.engine import Engine
 
 In = TypeVar("In")
 Out = TypeVar("Out")
+T = TypeVar("T")
 
 _TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,199}$")
 DEFAULT_QUEUE = "default"
@@ -128,8 +133,8 @@ class Task(Generic[In, Out]):
         self.version = version
         self.is_async = inspect.iscoroutinefunction(fn)
         in_type, out_type, self.takes_input = _signature_types(fn, id)
-        self.input_codec: Codec[In] = codec_for(in_type)
-        self.output_codec: Codec[Out] = codec_for(out_type)
+        self.input_codec: Codec[In] = _codec(in_type, id, "input")
+        self.output_codec: Codec[Out] = _codec(out_type, id, "output")
 
     def __repr__(self) -> str:
         return f"<Task {self.id!r} queue={self.queue!r}>"
@@ -177,6 +182,34 @@ class Task(Generic[In, Out]):
                                        queue=queue)
         return await self.engine._trigger_many(self, list(inputs), options)  # pyright: ignore[reportPrivateUsage]
 
+    async def trigger_and_wait(self, input: In, **options: Any) -> RunResult[Out]:
+        """From inside a task body: start a child run and wait for it durably (the parent
+        suspends, holding no slot). A replay never triggers the child twice."""
+        ctx = context_or_error("trigger_and_wait")
+        results = await ctx._durable.trigger_and_wait(  # pyright: ignore[reportPrivateUsage]
+            self, [input], TriggerOptions.build(**options))
+        return results[0]
+
+    async def batch_trigger_and_wait(self, inputs: Sequence[In],
+                                     **options: Any) -> list[RunResult[Out]]:
+        """From inside a task body: start one child per input (one transaction) and wait for
+        all of them; results come back in input order, failed ones included."""
+        ctx = context_or_error("batch_trigger_and_wait")
+        return await ctx._durable.trigger_and_wait(  # pyright: ignore[reportPrivateUsage]
+            self, list(inputs), TriggerOptions.build(**options))
+
+    def trigger_and_wait_sync(self, input: In, **options: Any) -> RunResult[Out]:
+        ctx = context_or_error("trigger_and_wait_sync")
+        return run_sync(self.engine, "trigger_and_wait_sync",
+                        lambda: _with_context(ctx, self.trigger_and_wait(input, **options)))
+
+    def batch_trigger_and_wait_sync(self, inputs: Sequence[In],
+                                    **options: Any) -> list[RunResult[Out]]:
+        ctx = context_or_error("batch_trigger_and_wait_sync")
+        return run_sync(self.engine, "batch_trigger_and_wait_sync",
+                        lambda: _with_context(ctx, self.batch_trigger_and_wait(inputs,
+                                                                               **options)))
+
     def trigger_sync(self, input: In, **options: Any) -> RunHandle[Out]:
         return run_sync(self.engine, "trigger_sync", lambda: self.trigger(input, **options))
 
@@ -187,6 +220,14 @@ class Task(Generic[In, Out]):
     def handle(self, run_id: str) -> RunHandle[Out]:
         """A typed handle for a run of this task."""
         return RunHandle(self.engine, run_id, self.output_codec)
+
+
+async def _with_context(ctx: RunContext, awaitable: Awaitable[T]) -> T:
+    token = current_context.set(ctx)
+    try:
+        return await awaitable
+    finally:
+        current_context.reset(token)
 
 
 def _signature_types(fn: Callable[..., Any], task_id: str) -> tuple[Any, Any, bool]:
@@ -207,6 +248,17 @@ def _signature_types(fn: Callable[..., Any], task_id: str) -> tuple[Any, Any, bo
     in_type: Any = hints.get(positional[1].name, Any) if takes_input else type(None)
     out_type: Any = hints.get("return", Any)
     return in_type, out_type, takes_input
+
+
+def _codec(tp: Any, task_id: str, what: str) -> Codec[Any]:
+    # pydantic refuses some types outright (e.g. `typing.TypedDict` before Python 3.12, or
+    # arbitrary classes): report it at definition, as a configuration error naming the task.
+    try:
+        return codec_for(tp)
+    except PydanticUserError as exc:
+        raise ConfigurationError(
+            f"task {task_id!r}: its {what} type {describe_type(tp)} cannot be serialized as "
+            f"JSON: {exc.message}") from exc
 
 
 def _schema(codec: Codec[Any]) -> dict[str, Any] | None:

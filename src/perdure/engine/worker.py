@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import threading
@@ -39,8 +40,10 @@ from perdure.core.serialization import (
 from perdure.core.statuses import RunStatus
 from perdure.engine.config import EngineOptions
 from perdure.engine.context import RunContext
+from perdure.engine.durable import LeaseLost, Suspend, current_context
 from perdure.engine.heartbeat import Heartbeat
 from perdure.storage import Storage
+from perdure.storage.steps import Fence
 
 if TYPE_CHECKING:
     from perdure.engine.engine import Engine
@@ -213,14 +216,40 @@ class Worker:
     async def _run_attempt(self, attempt: Attempt) -> None:
         run = attempt.run
         outcome: Outcome | None = None
+        suspend: Suspend | None = None
+        current_context.set(attempt.ctx)  # this asyncio task's own context
         try:
             outcome = await self._execute(attempt)
         except asyncio.CancelledError:
             outcome = None
+        except Suspend as exc:
+            suspend = exc
+        except LeaseLost:
+            attempt.stop_reason = attempt.stop_reason or STOP_LEASE_LOST
         except BaseException as exc:  # never let one attempt kill the worker
             log.exception("internal error running %s", run.id, extra=_extra(run, self.id))
             outcome = Outcome(run.id, run.attempt, RunStatus.FAILED,
                               error=ErrorInfo.from_exception(exc, retryable=False))
+        if attempt.stop_reason is None and (outcome is not None or suspend is not None):
+            try:
+                await attempt.ctx._flush_events()  # pyright: ignore[reportPrivateUsage]
+            except PerdureError as exc:
+                log.warning("could not record progress/metadata of %s: %s", run.id, exc,
+                            extra=_extra(run, self.id))
+        if suspend is not None and attempt.stop_reason is None:
+            attempt.finishing = True
+            try:
+                suspended = await self.storage.suspend(
+                    Fence(run.id, run.attempt, self.id), suspend.wait_positions,
+                    suspend.wake_at, self.clock.time())
+                if suspended and suspend.wake_at is not None:
+                    self.wake_at(suspend.wake_at)
+                if not suspended:
+                    log.warning("run %s attempt %d could not suspend: lease lost", run.id,
+                                run.attempt, extra=_extra(run, self.id))
+            except PerdureError as exc:
+                log.error("could not suspend %s: %s; the lease will expire and the run will "
+                          "be resumed", run.id, exc, extra=_extra(run, self.id))
         try:
             if attempt.stop_reason in (STOP_CANCELLED, STOP_LEASE_LOST):
                 outcome = None  # someone else owns the run now; our result must not land
@@ -268,7 +297,9 @@ class Worker:
                 if task.is_async:
                     result = await task.fn(*args)
                 else:
-                    call = functools.partial(task.fn, *args)
+                    # The thread runs in a copy of this context, so ctx-less helpers
+                    # (trigger_and_wait_sync) find the current run.
+                    call = functools.partial(contextvars.copy_context().run, task.fn, *args)
                     result = await self._loop.run_in_executor(self._threads, call)
         except TimeoutError as exc:
             if not scope.expired():
@@ -304,9 +335,9 @@ class Worker:
         if retryable is None:
             retryable = not isinstance(exc, NonRetryableError)
         error = ErrorInfo.from_exception(exc, retryable=retryable)
-        # Lost leases are crashes, capped separately by max_lost_leases; they do not use up
-        # the attempts the retry policy grants for failures.
-        failures = run.attempt - run.lost_leases
+        # Only failures use up max_attempts: lost leases (crashes) are capped separately by
+        # max_lost_leases, and resumes after a durable wait are not failures.
+        failures = run.failures + 1
         if retryable and failures < run.max_attempts:
             task = self.tasks[run.task_id]
             retry_at = self.clock.time() + task.retry.delay(failures)
@@ -394,6 +425,7 @@ class Worker:
                             extra=_extra(run, self.id))
                 if run.status.is_terminal:
                     self.engine._attempt_finished(run.id)  # pyright: ignore[reportPrivateUsage]
+            await self.storage.wake_missed(now)
             expired = await self.storage.expire_runs(now)
             for run_id in expired:
                 self.engine._attempt_finished(run_id)  # pyright: ignore[reportPrivateUsage]

@@ -34,9 +34,7 @@ def make_database(url: str) -> Database:
         from perdure.storage.sqlite import SQLiteDatabase
 
         return SQLiteDatabase(url)
-    raise InvalidOptionError(
-        "database url", "postgresql://…, sqlite:///path.db or memory://", url
-    )
+    raise InvalidOptionError("database url", "postgresql://…, sqlite:///path.db or memory://", url)
 
 
 def make_storage(url: str) -> Storage:

@@ -23,13 +23,13 @@ import random
 import uuid
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, LiteralString, cast
+from typing import Any, LiteralString, TypeAlias, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import AsyncConnection, IsolationLevel, sql
 from psycopg.pq import TransactionStatus
-from psycopg.rows import DictRow, dict_row
+from psycopg.rows import DictRow, TupleRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from perdure.core.errors import StorageError
@@ -56,13 +56,16 @@ MIGRATION_LOCK_KEY = 0x70657264757265
 RECONNECT_MIN_DELAY = 0.1
 RECONNECT_MAX_DELAY = 10.0
 
-Connection = AsyncConnection[DictRow]
+Connection: TypeAlias = AsyncConnection[DictRow]
+ListenConnection: TypeAlias = AsyncConnection[TupleRow]
 _EVERY_CHANNEL = (CHANNEL_WORK, CHANNEL_FINISHED, CHANNEL_CANCEL)
 
 
 def _adapt(params: Params) -> dict[str, Any]:
     # Tuples (e.g. status lists from perdure.core.statuses) become lists, i.e. PG arrays.
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
+    return {
+        k: list(cast(tuple[Any, ...], v)) if isinstance(v, tuple) else v for k, v in params.items()
+    }
 
 
 class PostgresTx(Tx):
@@ -133,7 +136,7 @@ class PostgresDatabase(Database):
         # The SQL comes from the package's own .sql files, never from user input.
         self._queries = cast(dict[str, LiteralString], load_queries(self.dialect))
         self._pool: AsyncConnectionPool[Connection] | None = None
-        self._listen_conn: Connection | None = None
+        self._listen_conn: ListenConnection | None = None
         self._listen_task: asyncio.Task[None] | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -161,8 +164,7 @@ class PostgresDatabase(Database):
             await listen_conn.close()
             if isinstance(exc, psycopg.Error):
                 raise StorageError(
-                    f"cannot open a connection pool to PostgreSQL at {redact_url(self.url)}: "
-                    f"{exc}"
+                    f"cannot open a connection pool to PostgreSQL at {redact_url(self.url)}: {exc}"
                 ) from exc
             raise
         self._pool = pool
@@ -275,12 +277,11 @@ class PostgresDatabase(Database):
 
     # --- LISTEN ------------------------------------------------------------------------------
 
-    async def _connect_listener(self) -> Connection:
+    async def _connect_listener(self) -> ListenConnection:
         try:
             conn = await AsyncConnection.connect(
                 self.url,
                 autocommit=True,
-                row_factory=dict_row,
                 connect_timeout=max(1, round(self.connect_timeout)),
             )
         except psycopg.Error as exc:
@@ -315,7 +316,7 @@ class PostgresDatabase(Database):
                         if notifications:
                             self._dispatch_safely(notifications)
                     raise StorageError("the LISTEN connection stopped delivering notifications")
-                except Exception as exc:  # noqa: BLE001 - the loop must outlive any failure
+                except Exception as exc:  # the loop must outlive any failure
                     log.warning(
                         "PostgreSQL LISTEN connection failed (%s); reconnecting in %.1fs",
                         exc,

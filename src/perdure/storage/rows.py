@@ -18,6 +18,11 @@ def _json(value: Any) -> Any:
     return value
 
 
+def loads_json(value: Any) -> Any:
+    """A JSON column's value, whether the driver returned text or decoded JSON."""
+    return _json(value)
+
+
 def _ts(value: Any) -> Any:
     return to_datetime(None if value is None else float(value))
 
@@ -47,6 +52,7 @@ def row_to_run(row: Row) -> Run:
         expires_at=_ts(row["expires_at"]),
         max_attempts=row["max_attempts"],
         lost_leases=row["lost_leases"],
+        failures=row.get("failures", 0),
         timeout=row["timeout"],
         version=row["version"],
         concurrency_key=row["concurrency_key"],
@@ -56,15 +62,24 @@ def row_to_run(row: Row) -> Run:
 
 
 def row_to_event(row: Row) -> RunEvent:
-    return RunEvent(run_id=row["run_id"], seq=row["seq"], type=row["type"], at=_ts(row["at"]),
-                    data=_json(row["data"]) or {})
+    return RunEvent(
+        run_id=row["run_id"],
+        seq=row["seq"],
+        type=row["type"],
+        at=_ts(row["at"]),
+        data=_json(row["data"]) or {},
+    )
 
 
 def row_to_task(row: Row) -> TaskInfo:
     return TaskInfo(
-        task_id=row["task_id"], queue=row["queue"], max_attempts=row["max_attempts"],
-        timeout=row["timeout"], version=row["version"],
-        input_schema=_json(row["input_schema"]), output_schema=_json(row["output_schema"]),
+        task_id=row["task_id"],
+        queue=row["queue"],
+        max_attempts=row["max_attempts"],
+        timeout=row["timeout"],
+        version=row["version"],
+        input_schema=_json(row["input_schema"]),
+        output_schema=_json(row["output_schema"]),
         updated_at=_ts(row["updated_at"]),
     )
 

@@ -11,7 +11,7 @@ import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -112,12 +112,14 @@ class SQLiteDatabase(Database):
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            raise StorageError("storage is not open; call `await engine.start()` or use it "
-                               "inside `async with engine:`")
+            raise StorageError(
+                "storage is not open; call `await engine.start()` or use it "
+                "inside `async with engine:`"
+            )
         return self._conn
 
     @asynccontextmanager
-    async def _tx(self, begin: str) -> AsyncIterator[Tx]:
+    async def _tx(self, begin: str) -> AsyncGenerator[Tx]:
         conn = self._connection()
         with self._lock:
             try:
@@ -168,4 +170,3 @@ def _parse_url(url: str) -> tuple[str, bool]:
     path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url
     path = path.removeprefix("sqlite://")
     return path or DEFAULT_PATH, False
-

@@ -8,6 +8,7 @@ transition table as Python.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -24,6 +25,7 @@ from perdure.storage.database import (
     Tx,
 )
 from perdure.storage.queries import load_migrations
+from perdure.storage.steps import StepStore, settle_child_waits
 from perdure.storage.rows import dumps, row_to_event, row_to_run, row_to_task
 
 log = logging.getLogger("perdure.storage")
@@ -39,19 +41,33 @@ class EventLog:
         self.rows: list[dict[str, Any]] = []
 
     def add(self, run_id: str, seq: int, type_: str, at: float, **data: Any) -> None:
-        self.rows.append({"run_id": run_id, "seq": seq, "type": type_, "at": at,
-                          "data": dumps(data)})
+        self.rows.append(
+            {"run_id": run_id, "seq": seq, "type": type_, "at": at, "data": dumps(data)}
+        )
 
     async def flush(self, tx: Tx) -> None:
         await tx.executemany("insert_event", self.rows)
         self.rows.clear()
 
 
+_FAILURES = frozenset({RunStatus.RETRYING, RunStatus.FAILED})
+
+
+def _settled_result(status: RunStatus, output_json: str | None,
+                    error: ErrorInfo | None) -> dict[str, Any]:
+    """A child's settled result as its parent's waitpoint records it."""
+    return {
+        "status": status.value,
+        "output": None if output_json is None else json.loads(output_json),
+        "error": None if error is None else error.to_json(),
+    }
+
+
 def _attempt_key(run_id: str, attempt: int) -> str:
     return f"{run_id}:{attempt}"
 
 
-class Storage:
+class Storage(StepStore):
     """High-level atomic operations on runs, events and the task catalog."""
 
     def __init__(self, db: Database) -> None:
@@ -96,8 +112,10 @@ class Storage:
         for version, name, sql in load_migrations(self.db.dialect):
             async with self.db.migration_transaction() as tx:
                 await self.db.run_script(
-                    tx, "CREATE TABLE IF NOT EXISTS perdure_migrations "
-                        "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT);")
+                    tx,
+                    "CREATE TABLE IF NOT EXISTS perdure_migrations "
+                    "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT);",
+                )
                 done = await tx.fetchall("applied_migrations", {})
                 if version in {row["version"] for row in done}:
                     continue
@@ -150,58 +168,106 @@ class Storage:
     @staticmethod
     def _insert_params(new: NewRun, now: float) -> dict[str, Any]:
         return {
-            "id": new.id, "task_id": new.task_id, "queue": new.queue, "status": new.status.value,
-            "priority": new.priority, "input": new.input_json, "max_attempts": new.max_attempts,
-            "timeout": new.timeout, "version": new.version, "available_at": new.available_at,
-            "expires_at": new.expires_at, "idempotency_key": new.idempotency_key,
+            "id": new.id,
+            "task_id": new.task_id,
+            "queue": new.queue,
+            "status": new.status.value,
+            "priority": new.priority,
+            "input": new.input_json,
+            "max_attempts": new.max_attempts,
+            "timeout": new.timeout,
+            "version": new.version,
+            "available_at": new.available_at,
+            "expires_at": new.expires_at,
+            "idempotency_key": new.idempotency_key,
             "idempotency_expires_at": new.idempotency_expires_at,
-            "concurrency_key": new.concurrency_key, "tags": dumps(new.tags),
-            "metadata": dumps(new.metadata), "parent_id": new.parent_id,
-            "root_id": new.root_id or new.id, "now": now,
+            "concurrency_key": new.concurrency_key,
+            "tags": dumps(new.tags),
+            "metadata": dumps(new.metadata),
+            "parent_id": new.parent_id,
+            "root_id": new.root_id or new.id,
+            "now": now,
         }
 
     @staticmethod
     def _fresh_run(new: NewRun, now: float) -> Run:
         params = Storage._insert_params(new, now)
         row: dict[str, Any] = {
-            **params, "output": None, "error": None, "attempt": 0, "lost_leases": 0,
-            "lease_owner": None, "lease_expires_at": None, "event_seq": 1, "created_at": now,
-            "updated_at": now, "started_at": None, "finished_at": None,
+            **params,
+            "output": None,
+            "error": None,
+            "attempt": 0,
+            "lost_leases": 0,
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "event_seq": 1,
+            "created_at": now,
+            "updated_at": now,
+            "started_at": None,
+            "finished_at": None,
         }
         return row_to_run(row)
 
     # --- the worker's side -------------------------------------------------------------------
 
-    async def claim_runs(self, worker_id: str, queues: Sequence[str], task_ids: Sequence[str],
-                         limit: int, lease: float, now: float) -> list[Run]:
+    async def claim_runs(
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        task_ids: Sequence[str],
+        limit: int,
+        lease: float,
+        now: float,
+    ) -> list[Run]:
         """Claim up to `limit` due runs, highest priority first, leased to `worker_id`."""
         if limit <= 0 or not queues or not task_ids:
             return []
         events = EventLog()
         async with self.db.transaction() as tx:
-            rows = await tx.fetchall("claim_runs", {
-                "worker_id": worker_id, "queues": list(queues), "task_ids": list(task_ids),
-                "limit": limit, "lease": lease, "now": now, "from_statuses": _CLAIM_SOURCES,
-            })
+            rows = await tx.fetchall(
+                "claim_runs",
+                {
+                    "worker_id": worker_id,
+                    "queues": list(queues),
+                    "task_ids": list(task_ids),
+                    "limit": limit,
+                    "lease": lease,
+                    "now": now,
+                    "from_statuses": _CLAIM_SOURCES,
+                },
+            )
             # Guard against a planner re-evaluating LIMIT: never hand out more than asked.
             if len(rows) > limit:
                 raise StorageError(f"claim returned {len(rows)} rows for a limit of {limit}")
             for row in rows:
-                events.add(row["id"], row["event_seq"], "attempt_started", now,
-                           status="running", attempt=row["attempt"], worker_id=worker_id)
+                events.add(
+                    row["id"],
+                    row["event_seq"],
+                    "attempt_started",
+                    now,
+                    status="running",
+                    attempt=row["attempt"],
+                    worker_id=worker_id,
+                )
             await events.flush(tx)
         return [row_to_run(row) for row in rows]
 
-    async def extend_leases(self, worker_id: str, attempts: Sequence[tuple[str, int]],
-                            lease: float, now: float) -> set[str]:
+    async def extend_leases(
+        self, worker_id: str, attempts: Sequence[tuple[str, int]], lease: float, now: float
+    ) -> set[str]:
         """Heartbeat: extend the leases this worker still holds; returns those run ids."""
         if not attempts:
             return set()
         async with self.db.transaction() as tx:
-            rows = await tx.fetchall("extend_leases", {
-                "worker_id": worker_id, "lease": lease, "now": now,
-                "attempts": [_attempt_key(r, a) for r, a in attempts],
-            })
+            rows = await tx.fetchall(
+                "extend_leases",
+                {
+                    "worker_id": worker_id,
+                    "lease": lease,
+                    "now": now,
+                    "attempts": [_attempt_key(r, a) for r, a in attempts],
+                },
+            )
         return {row["id"] for row in rows}
 
     async def owned_runs(self, worker_id: str, attempts: Sequence[tuple[str, int]]) -> set[str]:
@@ -209,39 +275,58 @@ class Storage:
         if not attempts:
             return set()
         async with self.db.reader() as tx:
-            rows = await tx.fetchall("owned_runs", {
-                "worker_id": worker_id,
-                "attempts": [_attempt_key(r, a) for r, a in attempts],
-            })
+            rows = await tx.fetchall(
+                "owned_runs",
+                {
+                    "worker_id": worker_id,
+                    "attempts": [_attempt_key(r, a) for r, a in attempts],
+                },
+            )
         return {row["id"] for row in rows}
 
-    async def finish_attempts(self, worker_id: str, outcomes: Sequence[Outcome],
-                              now: float) -> list[bool]:
+    async def finish_attempts(
+        self, worker_id: str, outcomes: Sequence[Outcome], now: float
+    ) -> list[bool]:
         """Apply several attempts' outcomes in one transaction (group commit). Each is fenced
         on (run, attempt, lease owner, status running); `False` marks a stale outcome that
         changed nothing."""
-        applied: list[bool] = []
+        applied = [False] * len(outcomes)
         events = EventLog()
         finished: list[str] = []
+        settled: list[tuple[str, dict[str, Any]]] = []
         work = False
         async with self.db.transaction() as tx:
-            for out in outcomes:
+            # Rows are locked in run-id order, as extend_leases does, so this batch and a
+            # concurrent heartbeat of the same worker cannot deadlock (PostgreSQL row locks).
+            for idx in sorted(range(len(outcomes)), key=lambda k: outcomes[k].run_id):
+                out = outcomes[idx]
                 if not can_transition(RunStatus.RUNNING, out.status):
                     raise StorageError(f"an attempt cannot end in status {out.status.value!r}")
                 new_events = self._outcome_events(out)
                 retrying = out.status is RunStatus.RETRYING
-                row = await tx.fetchone("finish_attempt", {
-                    "id": out.run_id, "attempt": out.attempt, "worker_id": worker_id,
-                    "status": out.status.value, "output": out.output_json,
-                    "error": None if out.error is None else dumps(out.error.to_json()),
-                    "available_at": out.retry_at if retrying else None,
-                    "finished_at": None if retrying else now,
-                    "now": now, "n_events": len(new_events), "from_statuses": _RUNNING,
-                })
+                row = await tx.fetchone(
+                    "finish_attempt",
+                    {
+                        "id": out.run_id,
+                        "attempt": out.attempt,
+                        "worker_id": worker_id,
+                        "status": out.status.value,
+                        "output": out.output_json,
+                        "error": None if out.error is None else dumps(out.error.to_json()),
+                        "available_at": out.retry_at if retrying else None,
+                        "finished_at": None if retrying else now,
+                        "now": now,
+                        "n_events": len(new_events),
+                        "from_statuses": _RUNNING,
+                        "failed": 1 if out.status in _FAILURES else 0,
+                    },
+                )
                 if row is None:
-                    applied.append(False)
                     continue
-                applied.append(True)
+                applied[idx] = True
+                if not retrying and row["parent_id"] is not None:
+                    settled.append((out.run_id, _settled_result(out.status, out.output_json,
+                                                                out.error)))
                 first = row["event_seq"] - len(new_events) + 1
                 for i, (type_, data) in enumerate(new_events):
                     events.add(out.run_id, first + i, type_, now, **data)
@@ -250,6 +335,8 @@ class Storage:
                 else:
                     finished.append(out.run_id)
             await events.flush(tx)
+            if settled:
+                await settle_child_waits(tx, settled, now)
             for run_id in finished:
                 tx.notify(CHANNEL_FINISHED, run_id)
             if work:
@@ -266,27 +353,51 @@ class Storage:
             return [("cancelled", {"status": status, "attempt": out.attempt, "error": error})]
         failed = ("attempt_failed", {"attempt": out.attempt, "error": error})
         if out.status is RunStatus.RETRYING:
-            return [failed, ("retry_scheduled", {"status": status, "attempt": out.attempt + 1,
-                                                 "retry_at": out.retry_at})]
+            return [
+                failed,
+                (
+                    "retry_scheduled",
+                    {"status": status, "attempt": out.attempt + 1, "retry_at": out.retry_at},
+                ),
+            ]
         return [failed, (status, {"status": status, "attempt": out.attempt})]
 
-    async def release_runs(self, worker_id: str, attempts: Sequence[tuple[str, int]],
-                           now: float) -> int:
+    async def release_runs(
+        self, worker_id: str, attempts: Sequence[tuple[str, int]], now: float
+    ) -> int:
         """Give leased runs back to the queue at once (graceful shutdown), fenced."""
         released = 0
         events = EventLog()
         async with self.db.transaction() as tx:
-            for run_id, attempt in attempts:
-                row = await tx.fetchone("finish_attempt", {
-                    "id": run_id, "attempt": attempt, "worker_id": worker_id,
-                    "status": RunStatus.QUEUED.value, "output": None, "error": None,
-                    "available_at": now, "finished_at": None, "now": now, "n_events": 1,
-                    "from_statuses": _RUNNING,
-                })
+            for run_id, attempt in sorted(attempts):  # run-id order: see finish_attempts
+                row = await tx.fetchone(
+                    "finish_attempt",
+                    {
+                        "id": run_id,
+                        "attempt": attempt,
+                        "worker_id": worker_id,
+                        "status": RunStatus.QUEUED.value,
+                        "output": None,
+                        "error": None,
+                        "available_at": now,
+                        "failed": 0,
+                        "finished_at": None,
+                        "now": now,
+                        "n_events": 1,
+                        "from_statuses": _RUNNING,
+                    },
+                )
                 if row is not None:
                     released += 1
-                    events.add(run_id, row["event_seq"], "lease_released", now,
-                               status="queued", attempt=attempt, worker_id=worker_id)
+                    events.add(
+                        run_id,
+                        row["event_seq"],
+                        "lease_released",
+                        now,
+                        status="queued",
+                        attempt=attempt,
+                        worker_id=worker_id,
+                    )
             await events.flush(tx)
             if released:
                 tx.notify(CHANNEL_WORK)
@@ -294,29 +405,40 @@ class Storage:
 
     # --- from any process --------------------------------------------------------------------
 
-    async def cancel_run(self, run_id: str, now: float,
-                         reason: str = "cancelled") -> tuple[Run | None, bool]:
+    async def cancel_run(
+        self, run_id: str, now: float, reason: str = "cancelled"
+    ) -> tuple[Run | None, bool]:
         """Cancel a run that has not finished. Returns `(run, changed)`; `run` is None when no
         such run exists. A finished run is returned unchanged (exactly one terminal write)."""
         error = ErrorInfo(type="RunCancelledError", message=reason, retryable=False)
         async with self.db.transaction() as tx:
-            row = await tx.fetchone("cancel_run", {
-                "id": run_id, "now": now, "error": dumps(error.to_json()),
-                "from_statuses": sources_of(RunStatus.CANCELLED),
-            })
+            row = await tx.fetchone(
+                "cancel_run",
+                {
+                    "id": run_id,
+                    "now": now,
+                    "error": dumps(error.to_json()),
+                    "from_statuses": sources_of(RunStatus.CANCELLED),
+                },
+            )
             if row is None:
                 current = await tx.fetchone("get_run", {"id": run_id})
                 return (None if current is None else row_to_run(current)), False
             events = EventLog()
-            events.add(run_id, row["event_seq"], "cancelled", now, status="cancelled",
-                       reason=reason)
+            events.add(
+                run_id, row["event_seq"], "cancelled", now, status="cancelled", reason=reason
+            )
             await events.flush(tx)
+            if row["parent_id"] is not None:
+                result = _settled_result(RunStatus.CANCELLED, None, error)
+                await settle_child_waits(tx, [(run_id, result)], now)
             tx.notify(CHANNEL_CANCEL, run_id)
             tx.notify(CHANNEL_FINISHED, run_id)
         return row_to_run(row), True
 
-    async def recover_expired_leases(self, now: float, max_lost_leases: int,
-                                     limit: int = 100) -> list[Run]:
+    async def recover_expired_leases(
+        self, now: float, max_lost_leases: int, limit: int = 100
+    ) -> list[Run]:
         """Runs whose worker stopped heartbeating go back to the queue through the normal
         claim path; after `max_lost_leases` losses the run fails instead (a dead letter)."""
         recovered: list[str] = []
@@ -330,32 +452,51 @@ class Storage:
                 if give_up:
                     error = ErrorInfo(
                         type=WorkerLostError.__name__,
-                        message=(f"worker lost {lost} times: the lease of run {row['id']!r} "
-                                 f"expired without a heartbeat (last worker "
-                                 f"{row['lease_owner']}, attempt {row['attempt']}); the run "
-                                 "is not retried again (engine option max_lost_leases)"),
+                        message=(
+                            f"worker lost {lost} times: the lease of run {row['id']!r} "
+                            f"expired without a heartbeat (last worker "
+                            f"{row['lease_owner']}, attempt {row['attempt']}); the run "
+                            "is not retried again (engine option max_lost_leases)"
+                        ),
                         retryable=False,
                     )
                 n_events = 2 if give_up else 1
-                updated = await tx.fetchone("recover_lease", {
-                    "id": row["id"], "attempt": row["attempt"], "worker_id": row["lease_owner"],
-                    "status": (RunStatus.FAILED if give_up else RunStatus.QUEUED).value,
-                    "error": None if error is None else dumps(error.to_json()),
-                    "available_at": None if give_up else now,
-                    "finished_at": now if give_up else None,
-                    "now": now, "n_events": n_events,
-                })
+                updated = await tx.fetchone(
+                    "recover_lease",
+                    {
+                        "id": row["id"],
+                        "attempt": row["attempt"],
+                        "worker_id": row["lease_owner"],
+                        "status": (RunStatus.FAILED if give_up else RunStatus.QUEUED).value,
+                        "error": None if error is None else dumps(error.to_json()),
+                        "available_at": None if give_up else now,
+                        "finished_at": now if give_up else None,
+                        "now": now,
+                        "n_events": n_events,
+                    },
+                )
                 if updated is None:
                     continue
                 recovered.append(row["id"])
                 seq = updated["event_seq"] - n_events + 1
-                events.add(row["id"], seq, "lease_lost", now,
-                           status="failed" if give_up else "queued", attempt=row["attempt"],
-                           worker_id=row["lease_owner"], lost_leases=lost)
+                events.add(
+                    row["id"],
+                    seq,
+                    "lease_lost",
+                    now,
+                    status="failed" if give_up else "queued",
+                    attempt=row["attempt"],
+                    worker_id=row["lease_owner"],
+                    lost_leases=lost,
+                )
                 if error is not None:
-                    events.add(row["id"], seq + 1, "failed", now, status="failed",
-                               error=error.to_json())
+                    events.add(
+                        row["id"], seq + 1, "failed", now, status="failed", error=error.to_json()
+                    )
                     tx.notify(CHANNEL_FINISHED, row["id"])
+                    if updated["parent_id"] is not None:
+                        result = _settled_result(RunStatus.FAILED, None, error)
+                        await settle_child_waits(tx, [(row["id"], result)], now)
             await events.flush(tx)
             if recovered:
                 tx.notify(CHANNEL_WORK)
@@ -366,21 +507,38 @@ class Storage:
         """Runs whose TTL passed before they started become `expired`."""
         expired: list[str] = []
         events = EventLog()
-        error = ErrorInfo(type="RunExpiredError", retryable=False,
-                          message="the run's ttl passed before any worker started it")
+        error = ErrorInfo(
+            type="RunExpiredError",
+            retryable=False,
+            message="the run's ttl passed before any worker started it",
+        )
         async with self.db.transaction() as tx:
             rows = await tx.fetchall("select_expired_ttl", {"now": now, "limit": limit})
             for row in rows:
-                updated = await tx.fetchone("expire_run", {
-                    "id": row["id"], "now": now, "error": dumps(error.to_json()),
-                    "from_statuses": sources_of(RunStatus.EXPIRED),
-                })
+                updated = await tx.fetchone(
+                    "expire_run",
+                    {
+                        "id": row["id"],
+                        "now": now,
+                        "error": dumps(error.to_json()),
+                        "from_statuses": sources_of(RunStatus.EXPIRED),
+                    },
+                )
                 if updated is None:
                     continue
                 expired.append(row["id"])
-                events.add(row["id"], updated["event_seq"], "expired", now, status="expired",
-                           reason="ttl passed before the run started")
+                events.add(
+                    row["id"],
+                    updated["event_seq"],
+                    "expired",
+                    now,
+                    status="expired",
+                    reason="ttl passed before the run started",
+                )
                 tx.notify(CHANNEL_FINISHED, row["id"])
+                if updated["parent_id"] is not None:
+                    result = _settled_result(RunStatus.EXPIRED, None, error)
+                    await settle_child_waits(tx, [(row["id"], result)], now)
             await events.flush(tx)
         return expired
 
@@ -399,24 +557,40 @@ class Storage:
         by_id = {row["id"]: row_to_run(row) for row in rows}
         return [by_id[i] for i in run_ids if i in by_id]
 
-    async def list_runs(self, *, status: str | None = None, task_id: str | None = None,
-                        queue: str | None = None, parent_id: str | None = None,
-                        limit: int = 50, cursor: str | None = None) -> RunPage:
+    async def list_runs(
+        self,
+        *,
+        status: str | None = None,
+        task_id: str | None = None,
+        queue: str | None = None,
+        parent_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunPage:
         """Newest first. `cursor` is the `next_cursor` of the previous page (a run id)."""
         async with self.db.reader() as tx:
-            rows = await tx.fetchall("list_runs", {
-                "status": status, "task_id": task_id, "queue": queue, "parent_id": parent_id,
-                "cursor": cursor, "limit": limit + 1,
-            })
+            rows = await tx.fetchall(
+                "list_runs",
+                {
+                    "status": status,
+                    "task_id": task_id,
+                    "queue": queue,
+                    "parent_id": parent_id,
+                    "cursor": cursor,
+                    "limit": limit + 1,
+                },
+            )
         runs = [row_to_run(row) for row in rows[:limit]]
         next_cursor = runs[-1].id if len(rows) > limit and runs else None
         return RunPage(runs=runs, next_cursor=next_cursor)
 
-    async def get_events(self, run_id: str, after_seq: int = 0,
-                         limit: int = 1000) -> list[RunEvent]:
+    async def get_events(
+        self, run_id: str, after_seq: int = 0, limit: int = 1000
+    ) -> list[RunEvent]:
         async with self.db.reader() as tx:
-            rows = await tx.fetchall("get_events", {"run_id": run_id, "after_seq": after_seq,
-                                                    "limit": limit})
+            rows = await tx.fetchall(
+                "get_events", {"run_id": run_id, "after_seq": after_seq, "limit": limit}
+            )
         return [row_to_event(row) for row in rows]
 
     async def count_by_status(self) -> dict[str, int]:
@@ -428,13 +602,24 @@ class Storage:
 
     async def register_tasks(self, tasks: Sequence[TaskInfo], now: float) -> None:
         async with self.db.transaction() as tx:
-            await tx.executemany("upsert_task", [{
-                "task_id": t.task_id, "queue": t.queue, "max_attempts": t.max_attempts,
-                "timeout": t.timeout, "version": t.version,
-                "input_schema": None if t.input_schema is None else dumps(t.input_schema),
-                "output_schema": None if t.output_schema is None else dumps(t.output_schema),
-                "now": now,
-            } for t in tasks])
+            await tx.executemany(
+                "upsert_task",
+                [
+                    {
+                        "task_id": t.task_id,
+                        "queue": t.queue,
+                        "max_attempts": t.max_attempts,
+                        "timeout": t.timeout,
+                        "version": t.version,
+                        "input_schema": None if t.input_schema is None else dumps(t.input_schema),
+                        "output_schema": None
+                        if t.output_schema is None
+                        else dumps(t.output_schema),
+                        "now": now,
+                    }
+                    for t in tasks
+                ],
+            )
 
     async def get_task(self, task_id: str) -> TaskInfo | None:
         async with self.db.reader() as tx:

@@ -75,10 +75,11 @@ SET status = :status,
     available_at = :available_at,
     finished_at = :finished_at,
     updated_at = :now,
+    failures = failures + :failed,
     event_seq = event_seq + :n_events
 WHERE id = :id AND attempt = :attempt AND lease_owner = :worker_id
   AND status IN (SELECT value FROM json_each(:from_statuses))
-RETURNING event_seq;
+RETURNING event_seq, parent_id;
 
 -- name: cancel_run
 UPDATE perdure_runs
@@ -113,7 +114,7 @@ SET status = :status,
     event_seq = event_seq + :n_events
 WHERE id = :id AND attempt = :attempt AND lease_owner = :worker_id
   AND status = 'running' AND lease_expires_at < :now
-RETURNING event_seq;
+RETURNING event_seq, parent_id;
 
 -- name: select_expired_ttl
 SELECT id FROM perdure_runs
@@ -131,7 +132,7 @@ SET status = 'expired',
     event_seq = event_seq + 1
 WHERE id = :id AND started_at IS NULL
   AND status IN (SELECT value FROM json_each(:from_statuses))
-RETURNING event_seq;
+RETURNING event_seq, parent_id;
 
 -- name: get_run
 SELECT * FROM perdure_runs WHERE id = :id;
@@ -179,3 +180,85 @@ SELECT version FROM perdure_migrations ORDER BY version;
 -- name: record_migration
 INSERT INTO perdure_migrations (version, name, applied_at)
 VALUES (:version, :name, datetime('now'));
+
+-- name: fence_and_bump
+-- Fenced on the running attempt's lease; reserves `n_events` event numbers. Every durable
+-- write of a running attempt starts here, so a stale worker's write stops at this row.
+UPDATE perdure_runs
+SET event_seq = event_seq + :n_events, updated_at = :now
+WHERE id = :id AND attempt = :attempt AND lease_owner = :worker_id AND status = 'running'
+RETURNING event_seq;
+
+-- name: load_steps
+SELECT * FROM perdure_steps WHERE run_id = :run_id ORDER BY position;
+
+-- name: insert_step
+INSERT INTO perdure_steps (run_id, position, kind, name, status, output, error, wake_at,
+                           token_id, child_run_id, batch, attempt, created_at, completed_at)
+VALUES (:run_id, :position, :kind, :name, :status, :output, :error, :wake_at, :token_id,
+        :child_run_id, :batch, :attempt, :now, :completed_at)
+ON CONFLICT DO NOTHING
+RETURNING position;
+
+-- name: lock_waitpoints
+-- PostgreSQL locks these rows (FOR UPDATE) so suspend and complete serialize on them.
+SELECT position, status FROM perdure_steps
+WHERE run_id = :run_id AND position IN (SELECT value FROM json_each(:positions));
+
+-- name: suspend_run
+UPDATE perdure_runs
+SET status = 'suspended',
+    lease_owner = NULL,
+    lease_expires_at = NULL,
+    available_at = :available_at,
+    updated_at = :now,
+    event_seq = event_seq + 1
+WHERE id = :id AND attempt = :attempt AND lease_owner = :worker_id AND status = 'running'
+RETURNING event_seq;
+
+-- name: complete_token
+UPDATE perdure_steps
+SET status = :status, output = :output, error = :error, completed_at = :now
+WHERE token_id = :token_id AND status = 'pending'
+RETURNING run_id, position;
+
+-- name: get_token
+SELECT * FROM perdure_steps WHERE token_id = :token_id;
+
+-- name: settle_child_waits
+UPDATE perdure_steps
+SET status = 'completed', output = :output, completed_at = :now
+WHERE child_run_id = :child_run_id AND status = 'pending'
+RETURNING run_id, batch;
+
+-- name: wake_if_settled
+-- Wake a suspended run once no waitpoint of the batch it waits on is pending.
+UPDATE perdure_runs
+SET available_at = :now, updated_at = :now, event_seq = event_seq + 1
+WHERE id = :id AND status = 'suspended'
+  AND NOT EXISTS (SELECT 1 FROM perdure_steps
+                  WHERE run_id = :id AND batch = :batch AND status = 'pending')
+RETURNING event_seq;
+
+-- name: wake_run
+UPDATE perdure_runs
+SET available_at = :now, updated_at = :now, event_seq = event_seq + 1
+WHERE id = :id AND status = 'suspended'
+RETURNING event_seq;
+
+-- name: bump_event_seq
+UPDATE perdure_runs SET event_seq = event_seq + :n_events WHERE id = :id
+RETURNING event_seq;
+
+-- name: select_missed_wakeups
+-- Safety net: suspended runs with no wake-up time and nothing left pending.
+SELECT r.id FROM perdure_runs r
+WHERE r.status = 'suspended' AND r.available_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM perdure_steps s
+                  WHERE s.run_id = r.id AND s.status = 'pending')
+LIMIT :limit;
+
+-- name: update_metadata
+UPDATE perdure_runs SET metadata = :metadata, updated_at = :now, event_seq = event_seq + 1
+WHERE id = :id AND attempt = :attempt AND lease_owner = :worker_id AND status = 'running'
+RETURNING event_seq;

@@ -1,0 +1,307 @@
+"""Durable calls inside a task body: steps, sleeps, wait tokens and child waits.
+
+Every durable call takes the next position of the run, synchronously at call time, so the
+order is stable across executions (also under `asyncio.gather`, which starts coroutines in
+order). On a re-execution, a recorded position returns its recorded value instead of running
+again; a different call at a recorded position raises `NonDeterminismError`. A wait that is
+not yet satisfied raises `Suspend`: the worker releases the slot and the run resumes (by
+replay) on any worker when its waitpoint settles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from perdure.core.errors import (
+    ErrorInfo,
+    NonDeterminismError,
+    NonRetryableError,
+    OutputValidationError,
+    PerdureError,
+    StepFailedError,
+    TokenTimeoutError,
+)
+from perdure.core.ids import new_id
+from perdure.core.ids import run_id as new_run_id
+from perdure.core.models import NewRun, Run, RunResult, StepRecord
+from perdure.core.retry import RetryPolicy, to_seconds
+from perdure.core.serialization import SerializationErrors, codec_for, describe_type
+from perdure.core.statuses import RunStatus
+from perdure.storage.steps import STEP_COMPLETED, STEP_FAILED, STEP_PENDING, Fence
+
+if TYPE_CHECKING:
+    from perdure.engine.context import RunContext
+    from perdure.engine.task import Task, TriggerOptions
+
+T = TypeVar("T")
+
+#: Sleeps up to this long stay in process; longer ones suspend the run.
+SUSPEND_THRESHOLD = 5.0
+
+current_context: contextvars.ContextVar[RunContext] = contextvars.ContextVar("perdure_ctx")
+
+
+class Suspend(BaseException):
+    """Unwinds a task body that must wait; task code must not catch it (BaseException)."""
+
+    def __init__(self, wait_positions: Sequence[int], wake_at: float | None) -> None:
+        super().__init__("run suspended")
+        self.wait_positions = list(wait_positions)
+        self.wake_at = wake_at
+
+
+class LeaseLost(BaseException):
+    """A fenced durable write found the attempt no longer owns the run: stop at once."""
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """A wait token: give `id` to whoever completes it (`engine.complete_token(id, output)`)."""
+
+    id: str
+    position: int
+    timeout_at: float | None
+
+
+def context_or_error(what: str) -> RunContext:
+    try:
+        return current_context.get()
+    except LookupError:
+        raise PerdureError(
+            f"{what} must be called inside a task body (it waits durably); outside a task use "
+            "`handle = await task.trigger(input)` and `await handle.result()`"
+        ) from None
+
+
+class Durable:
+    """The replay state of one attempt; RunContext delegates its durable methods here."""
+
+    def __init__(self, ctx: RunContext, run: Run, worker_id: str) -> None:
+        self.ctx = ctx
+        self.run = run
+        self.fence = Fence(run.id, run.attempt, worker_id)
+        self.position = 0
+        self.recorded: dict[int, StepRecord] | None = None
+
+    @property
+    def storage(self) -> Any:
+        return self.ctx.engine._storage  # pyright: ignore[reportPrivateUsage]
+
+    @property
+    def now(self) -> float:
+        return self.ctx.engine.clock.time()
+
+    def reserve(self, n: int = 1) -> int:
+        first = self.position
+        self.position += n
+        return first
+
+    async def _load(self) -> dict[int, StepRecord]:
+        if self.recorded is None:
+            steps = await self.storage.load_steps(self.run.id)
+            self.recorded = {s.position: s for s in steps}
+        return self.recorded
+
+    async def replaying(self) -> bool:
+        """Whether the next durable call was already recorded by an earlier execution."""
+        if self.run.attempt == 1 and self.recorded is None:
+            return False  # a first execution has no history to replay
+        return self.position in await self._load()
+
+    async def lookup(self, position: int, kind: str, name: str) -> StepRecord | None:
+        record = (await self._load()).get(position)
+        if record is not None and (record.kind != kind or record.name != name):
+            raise NonDeterminismError(
+                f"run {self.run.id} of task {self.run.task_id!r}: at durable call #{position} "
+                f"the code now calls {kind} {name!r}, but the history recorded {record.kind} "
+                f"{record.name!r} there. Task code must make the same durable calls in the "
+                "same order on every execution; deploy changed code as a new task version."
+            )
+        return record
+
+    async def record(self, steps: Sequence[StepRecord], children: Sequence[NewRun] = ()) -> None:
+        ok = await self.storage.record_steps(self.fence, steps, self.now, children=children)
+        if not ok:
+            raise LeaseLost(f"run {self.run.id} attempt {self.run.attempt} lost its lease")
+        if self.recorded is not None:
+            for step in steps:
+                self.recorded[step.position] = step
+
+    def _step(self, position: int, kind: str, name: str, status: str, **fields: Any
+              ) -> StepRecord:
+        return StepRecord(run_id=self.run.id, position=position, kind=kind, name=name,
+                          status=status, attempt=self.run.attempt, **fields)
+
+    # --- steps -------------------------------------------------------------------------------
+
+    async def step(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
+                   kwargs: dict[str, Any], retry: RetryPolicy | None,
+                   in_thread: bool = False) -> Any:
+        _check_name(name)
+        position = self.reserve()
+        codec = codec_for(_return_type(fn))
+        record = await self.lookup(position, "step", name)
+        if record is not None:
+            return _replayed(record, codec)
+        failures = 0
+        while True:
+            try:
+                if in_thread:
+                    result = await asyncio.get_running_loop().run_in_executor(
+                        None, _call_in_context(fn, args, kwargs))
+                else:
+                    result = fn(*args, **kwargs)
+                    if inspect.isawaitable(result):
+                        result = await result
+                break
+            except NonRetryableError as exc:
+                error = ErrorInfo.from_exception(exc, retryable=False)
+                await self.record([self._step(position, "step", name, STEP_FAILED, error=error)])
+                raise
+            except Exception:
+                failures += 1
+                if retry is None or failures >= retry.max_attempts:
+                    raise  # not recorded: the run's own retry policy decides
+                await asyncio.sleep(retry.delay(failures))
+        try:
+            output = codec.to_jsonable(result)
+        except SerializationErrors as exc:
+            raise OutputValidationError(
+                f"step {name!r} of run {self.run.id} returned {type(result).__name__}, which "
+                f"does not serialize as {describe_type(codec.type)}: {exc}") from None
+        await self.record([self._step(position, "step", name, STEP_COMPLETED, output=output)])
+        # Return what a replay would return, so first and later executions see the same value.
+        return codec.load(output)
+
+    # --- sleeps ------------------------------------------------------------------------------
+
+    async def sleep_until(self, wake_at: float) -> None:
+        position = self.reserve()
+        record = await self.lookup(position, "sleep", "sleep")
+        if record is None:
+            record = self._step(position, "sleep", "sleep", STEP_COMPLETED, wake_at=wake_at)
+            await self.record([record])
+        due = record.wake_at or 0.0
+        remaining = due - self.now
+        if remaining <= 0:
+            return
+        if remaining <= SUSPEND_THRESHOLD:
+            await asyncio.sleep(remaining)
+            return
+        raise Suspend([], due)
+
+    # --- tokens ------------------------------------------------------------------------------
+
+    async def create_token(self, timeout: float | None) -> Token:
+        position = self.reserve()
+        record = await self.lookup(position, "token", "token")
+        if record is None:
+            timeout_at = None if timeout is None else self.now + timeout
+            token_id = new_id("tok")
+            record = self._step(position, "token", "token", STEP_PENDING, wake_at=timeout_at,
+                                token_id=token_id, batch=position)
+            await self.record([record])
+        assert record.token_id is not None
+        return Token(id=record.token_id, position=position, timeout_at=record.wake_at)
+
+    async def wait_for_token(self, token: Token, out_type: Any = Any) -> Any:
+        record = await self.storage.get_token(token.id)
+        if record is None or record.run_id != self.run.id:
+            raise PerdureError(f"token {token.id!r} does not belong to run {self.run.id}")
+        if record.status == STEP_COMPLETED:
+            return codec_for(out_type).load(record.output)
+        if record.status == STEP_FAILED:
+            error = record.error
+            raise StepFailedError(f"token {token.id} was failed: "
+                                  f"{error.message if error else 'no reason given'}")
+        if record.wake_at is not None and record.wake_at <= self.now:
+            raise TokenTimeoutError(
+                f"token {token.id} of run {self.run.id} was not completed before its timeout")
+        raise Suspend([record.position], record.wake_at)
+
+    # --- child runs --------------------------------------------------------------------------
+
+    async def trigger_and_wait(self, task: Task[Any, T], inputs: Sequence[Any],
+                               options: TriggerOptions) -> list[RunResult[T]]:
+        n = len(inputs)
+        if n == 0:
+            return []
+        limit = self.ctx.engine.options.max_children
+        if n > limit:
+            raise PerdureError(f"{n} children requested by run {self.run.id}; the limit is "
+                               f"{limit} (engine option max_children)")
+        first = self.reserve(n)
+        positions = list(range(first, first + n))
+        records = [await self.lookup(p, "child", task.id) for p in positions]
+        if all(r is None for r in records):
+            children = self.ctx.engine._new_runs(  # pyright: ignore[reportPrivateUsage]
+                task, inputs, options, parent=self.run)
+            steps = [self._step(p, "child", task.id, STEP_PENDING, child_run_id=c.id,
+                                batch=first) for p, c in zip(positions, children, strict=True)]
+            await self.record(steps, children)
+            raise Suspend(positions, None)
+        if any(r is None or r.status == STEP_PENDING for r in records):
+            raise Suspend(positions, None)
+        return [_child_result(r, task) for r in records if r is not None]
+
+
+def _child_result(record: StepRecord, task: Task[Any, T]) -> RunResult[T]:
+    settled: dict[str, Any] = record.output or {}
+    status = RunStatus(settled.get("status", "failed"))
+    error = settled.get("error")
+    ok = status is RunStatus.COMPLETED
+    output = task.output_codec.load(settled.get("output")) if ok else None
+    return RunResult(ok=ok, output=output, status=status, run_id=record.child_run_id,
+                     error=None if error is None else ErrorInfo.from_json(error))
+
+
+def _replayed(record: StepRecord, codec: Any) -> Any:
+    if record.status == STEP_FAILED:
+        error = record.error
+        raise StepFailedError(
+            f"step {record.name!r} failed earlier in this run: "
+            f"{error.type + ': ' + error.message if error else 'unknown error'}")
+    return codec.load(record.output)
+
+
+def _return_type(fn: Callable[..., Any]) -> Any:
+    try:
+        return typing.get_type_hints(fn).get("return", Any)
+    except Exception:  # unresolvable annotations: keep the raw JSON value
+        return Any
+
+
+def _call_in_context(fn: Callable[..., Any], args: tuple[Any, ...],
+                     kwargs: dict[str, Any]) -> Callable[[], Any]:
+    ctx = contextvars.copy_context()
+    return lambda: ctx.run(fn, *args, **kwargs)
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not name:
+        from perdure.core.errors import InvalidOptionError
+
+        raise InvalidOptionError("name", "a non-empty step name", name)
+
+
+def duration(value: float | timedelta, option: str = "duration") -> float:
+    return to_seconds(value, option)
+
+
+def timestamp(when: datetime) -> float:
+    if when.tzinfo is None:
+        from perdure.core.errors import InvalidOptionError
+
+        raise InvalidOptionError("when", "a timezone-aware datetime", when)
+    return when.timestamp()
+
+
+def new_child_id(now: float) -> str:
+    return new_run_id(now)

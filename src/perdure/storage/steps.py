@@ -1,0 +1,262 @@
+"""Steps and waitpoints of durable functions (the `perdure_steps` aggregate).
+
+Each durable call of a body takes the next position of its run. Writes are fenced through
+`fence_and_bump` on the run row (run id, attempt, lease owner, running), which also reserves
+event numbers; waits serialize with their completions on the waitpoint rows, so a completion
+that lands while the run is suspending still wakes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from perdure.core.errors import ErrorInfo
+from perdure.core.models import NewRun, StepRecord
+from perdure.storage.database import CHANNEL_WORK, Database, Row, Tx
+from perdure.storage.rows import dumps, loads_json
+
+STEP_PENDING = "pending"
+STEP_COMPLETED = "completed"
+STEP_FAILED = "failed"
+
+
+def row_to_step(row: Row) -> StepRecord:
+    error = loads_json(row["error"])
+    return StepRecord(
+        run_id=row["run_id"],
+        position=row["position"],
+        kind=row["kind"],
+        name=row["name"],
+        status=row["status"],
+        output=loads_json(row["output"]),
+        error=None if error is None else ErrorInfo.from_json(error),
+        wake_at=row["wake_at"],
+        token_id=row["token_id"],
+        child_run_id=row["child_run_id"],
+        batch=row["batch"],
+        attempt=row["attempt"],
+    )
+
+
+def _step_params(step: StepRecord, now: float) -> dict[str, Any]:
+    settled = step.status != STEP_PENDING
+    return {
+        "run_id": step.run_id,
+        "position": step.position,
+        "kind": step.kind,
+        "name": step.name,
+        "status": step.status,
+        "output": None if step.output is None else dumps(step.output),
+        "error": None if step.error is None else dumps(step.error.to_json()),
+        "wake_at": step.wake_at,
+        "token_id": step.token_id,
+        "child_run_id": step.child_run_id,
+        "batch": step.batch,
+        "attempt": step.attempt,
+        "now": now,
+        "completed_at": now if settled else None,
+    }
+
+
+class Fence:
+    """Identifies the running attempt a durable write belongs to."""
+
+    __slots__ = ("attempt", "run_id", "worker_id")
+
+    def __init__(self, run_id: str, attempt: int, worker_id: str) -> None:
+        self.run_id = run_id
+        self.attempt = attempt
+        self.worker_id = worker_id
+
+    def params(self, now: float, n_events: int) -> dict[str, Any]:
+        return {"id": self.run_id, "attempt": self.attempt, "worker_id": self.worker_id,
+                "now": now, "n_events": n_events}
+
+
+class StepStore:
+    """Mixed into `Storage`: operations on steps, tokens and child waits."""
+
+    db: Database
+
+    async def load_steps(self, run_id: str) -> list[StepRecord]:
+        async with self.db.reader() as tx:
+            rows = await tx.fetchall("load_steps", {"run_id": run_id})
+        return [row_to_step(row) for row in rows]
+
+    async def record_steps(self, fence: Fence, steps: Sequence[StepRecord], now: float,
+                           *, children: Sequence[NewRun] = ()) -> bool:
+        """Record durable calls (and create child runs) atomically, fenced on the attempt.
+        `False`: the attempt lost its lease or the position was already taken; nothing
+        was written."""
+        from perdure.storage.store import EventLog, Storage
+
+        n_events = len(steps)
+        async with self.db.transaction() as tx:
+            bumped = await tx.fetchone("fence_and_bump", fence.params(now, n_events))
+            if bumped is None:
+                return False
+            for step in steps:
+                if await tx.fetchone("insert_step", _step_params(step, now)) is None:
+                    raise _PositionTaken
+            events = EventLog()
+            first = bumped["event_seq"] - n_events + 1
+            for i, step in enumerate(steps):
+                data: dict[str, Any] = {"position": step.position, "kind": step.kind,
+                                        "name": step.name, "status": step.status}
+                if step.child_run_id:
+                    data["child_run_id"] = step.child_run_id
+                if step.token_id:
+                    data["token_id"] = step.token_id
+                if step.error is not None:
+                    data["error"] = step.error.to_json()
+                events.add(fence.run_id, first + i, f"{step.kind}_recorded", now, **data)
+            for child in children:
+                await tx.execute("insert_run", Storage._insert_params(child, now))  # pyright: ignore[reportPrivateUsage]
+                events.add(child.id, 1, "created", now, status=child.status.value,
+                           queue=child.queue, parent_id=fence.run_id)
+            await events.flush(tx)
+            if children:
+                tx.notify(CHANNEL_WORK)
+        return True
+
+    async def suspend(self, fence: Fence, wait_positions: Sequence[int],
+                      wake_at: float | None, now: float) -> bool:
+        """Release the slot and wait. Wakes at `wake_at`, or at once if every waitpoint in
+        `wait_positions` has already settled (a completion that raced the suspension)."""
+        from perdure.storage.store import EventLog
+
+        async with self.db.transaction() as tx:
+            available_at = wake_at
+            if wait_positions:
+                rows = await tx.fetchall("lock_waitpoints", {"run_id": fence.run_id,
+                                                             "positions": list(wait_positions)})
+                if rows and all(row["status"] != STEP_PENDING for row in rows):
+                    available_at = now
+            row = await tx.fetchone("suspend_run", {**fence.params(now, 1),
+                                                    "available_at": available_at})
+            if row is None:
+                return False
+            events = EventLog()
+            events.add(fence.run_id, row["event_seq"], "suspended", now, status="suspended",
+                       attempt=fence.attempt, wake_at=available_at,
+                       waiting_for=list(wait_positions))
+            await events.flush(tx)
+            if available_at is not None and available_at <= now:
+                tx.notify(CHANNEL_WORK)
+        return True
+
+    async def complete_token(self, token_id: str, output_json: str | None,
+                             error: ErrorInfo | None, now: float
+                             ) -> tuple[StepRecord | None, bool]:
+        """Complete a wait token; the first completion wins. Returns `(record, changed)`;
+        `record` is None for an unknown token."""
+        from perdure.storage.store import EventLog
+
+        async with self.db.transaction() as tx:
+            row = await tx.fetchone("complete_token", {
+                "token_id": token_id, "now": now, "output": output_json,
+                "status": STEP_FAILED if error is not None else STEP_COMPLETED,
+                "error": None if error is None else dumps(error.to_json()),
+            })
+            if row is not None:
+                woke = await tx.fetchone("wake_run", {"id": row["run_id"], "now": now})
+                seq_row = woke or await tx.fetchone("bump_event_seq",
+                                                    {"id": row["run_id"], "n_events": 1})
+                if seq_row is not None:
+                    events = EventLog()
+                    events.add(row["run_id"], seq_row["event_seq"], "token_completed", now,
+                               token_id=token_id, position=row["position"],
+                               ok=error is None)
+                    await events.flush(tx)
+                if woke is not None:
+                    tx.notify(CHANNEL_WORK)
+            current = await tx.fetchone("get_token", {"token_id": token_id})
+        return (None if current is None else row_to_step(current)), row is not None
+
+    async def get_token(self, token_id: str) -> StepRecord | None:
+        async with self.db.reader() as tx:
+            row = await tx.fetchone("get_token", {"token_id": token_id})
+        return None if row is None else row_to_step(row)
+
+    async def update_metadata(self, fence: Fence, metadata: dict[str, Any], now: float) -> bool:
+        from perdure.storage.store import EventLog
+
+        async with self.db.transaction() as tx:
+            row = await tx.fetchone("update_metadata", {**fence.params(now, 1),
+                                                        "metadata": dumps(metadata)})
+            if row is None:
+                return False
+            events = EventLog()
+            events.add(fence.run_id, row["event_seq"], "metadata", now, metadata=metadata)
+            await events.flush(tx)
+        return True
+
+    async def append_events(self, fence: Fence, events_data: Sequence[tuple[str, dict[str, Any]]],
+                            now: float) -> bool:
+        """Progress and log lines of a running attempt, as events (fenced)."""
+        from perdure.storage.store import EventLog
+
+        if not events_data:
+            return True
+        async with self.db.transaction() as tx:
+            row = await tx.fetchone("fence_and_bump", fence.params(now, len(events_data)))
+            if row is None:
+                return False
+            events = EventLog()
+            first = row["event_seq"] - len(events_data) + 1
+            for i, (type_, data) in enumerate(events_data):
+                events.add(fence.run_id, first + i, type_, now, **data)
+            await events.flush(tx)
+        return True
+
+    async def wake_missed(self, now: float, limit: int = 100) -> list[str]:
+        """Safety sweep: suspended runs with nothing pending and no wake-up time resume."""
+        from perdure.storage.store import EventLog
+
+        woken: list[str] = []
+        events = EventLog()
+        async with self.db.transaction() as tx:
+            rows = await tx.fetchall("select_missed_wakeups", {"limit": limit})
+            for row in rows:
+                woke = await tx.fetchone("wake_run", {"id": row["id"], "now": now})
+                if woke is not None:
+                    woken.append(row["id"])
+                    events.add(row["id"], woke["event_seq"], "resumed", now,
+                               reason="safety sweep: nothing left pending")
+            await events.flush(tx)
+            if woken:
+                tx.notify(CHANNEL_WORK)
+        return woken
+
+
+async def settle_child_waits(tx: Tx, settled: Sequence[tuple[str, dict[str, Any]]],
+                             now: float) -> list[str]:
+    """In the transaction that finishes child runs: record each child's settled result on
+    its parent's waitpoint and wake parents whose whole batch has settled (same commit, so a
+    parent can never miss its wake-up)."""
+    from perdure.storage.store import EventLog
+
+    woken: list[str] = []
+    events = EventLog()
+    for child_run_id, result in settled:
+        rows = await tx.fetchall("settle_child_waits", {"child_run_id": child_run_id,
+                                                        "output": dumps(result), "now": now})
+        for row in rows:
+            woke = await tx.fetchone("wake_if_settled", {"id": row["run_id"],
+                                                         "batch": row["batch"], "now": now})
+            if woke is not None:
+                woken.append(row["run_id"])
+                events.add(row["run_id"], woke["event_seq"], "resumed", now,
+                           reason="children settled", batch=row["batch"])
+    await events.flush(tx)
+    if woken:
+        tx.notify(CHANNEL_WORK)
+    return woken
+
+
+class _PositionTakenError(Exception):
+    """Raised inside a transaction to roll it back when a position is already recorded."""
+
+
+_PositionTaken = _PositionTakenError()
