@@ -17,6 +17,7 @@ import asyncio
 import math
 import os
 import secrets
+import signal
 import sys
 import tempfile
 import time
@@ -382,6 +383,8 @@ async def run(args: argparse.Namespace) -> list[Result]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so a PostgreSQL database is dropped.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     # Piped output: a fixed width keeps the table on one line per row.
     console = Console() if sys.stdout.isatty() else Console(width=120)
     results = asyncio.run(run(args))

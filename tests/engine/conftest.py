@@ -1,13 +1,16 @@
 """Fixtures of the engine tier: engines on every backend, always shut down after the test.
 
-`backend_url` comes from `tests/conftest.py` (sqlite file, memory, postgres with a fresh
-database per test). Until that file provides it, the fallback below runs the tier on a SQLite
-file and on `memory://`.
+`backend_url` comes from `tests/conftest.py`: a SQLite file, `memory://`, and PostgreSQL with
+a fresh database per test. Tests that need a second engine or process on the same database
+take `shared_url`, which skips `memory://`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,22 +18,6 @@ from typing import Any
 import pytest
 
 from perdure import Engine, ManualClock
-
-ROOT_CONFTEST = Path(__file__).parent.parent / "conftest.py"
-
-
-def _shared_backend_fixture() -> bool:
-    return ROOT_CONFTEST.exists() and "def backend_url" in ROOT_CONFTEST.read_text()
-
-
-if not _shared_backend_fixture():
-    # TODO(backends): delete this fallback once tests/conftest.py defines `backend_url`
-    # (sqlite, memory, postgres); the check above already switches to it when it appears.
-    @pytest.fixture(params=["sqlite", "memory"])
-    def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-        if request.param == "memory":
-            return "memory://"
-        return f"sqlite:///{tmp_path / 'perdure.db'}"
 
 
 def is_memory(url: str) -> bool:
@@ -88,5 +75,71 @@ def sync_engines(backend_url: str) -> Iterator[Callable[..., Engine]]:
 
     yield make
     for engine in engines:
-        with contextlib.suppress(Exception):
-            engine.close_sync()
+        engine.close_sync()
+
+
+APPS = Path(__file__).parent / "apps"
+
+
+class WorkerProcesses:
+    """Worker subprocesses running `apps/worker_app.py` tasks on a shared database."""
+
+    def __init__(self, url: str, tmp_path: Path) -> None:
+        self.url = url
+        self.markers = tmp_path / "markers"
+        self.markers.mkdir()
+        self._tmp = tmp_path
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self._logs: list[Path] = []
+
+    def start(self) -> subprocess.Popen[bytes]:
+        log_path = self._tmp / f"worker-{len(self.procs)}.log"
+        self._logs.append(log_path)
+        env = {**os.environ, "PERDURE_TEST_MARKER_DIR": str(self.markers)}
+        env.pop("PERDURE_DATABASE_URL", None)
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, str(APPS / "run_worker.py"), self.url],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self._tmp,
+            )
+        self.procs.append(proc)
+        return proc
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')}" for p in self._logs)
+
+    def starts(self, run_id: str) -> list[tuple[int, int]]:
+        """(attempt, pid) of every execution of the run that started, in order."""
+        path = self.markers / f"{run_id}.starts"
+        if not path.exists():
+            return []
+        # Only whole lines: the worker may be appending one right now.
+        lines = path.read_text().split("\n")[:-1]
+        return [(int(a), int(pid)) for a, pid in (line.split() for line in lines)]
+
+    def started(self, run_id: str, attempt: int) -> bool:
+        return any(a == attempt for a, _ in self.starts(run_id))
+
+    def kill_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+        for proc in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+
+
+@pytest.fixture
+def worker_processes(shared_url: str, tmp_path: Path) -> Iterator[WorkerProcesses]:
+    """Start worker subprocesses with `.start()`; all are killed when the test ends (their
+    output is printed then, and shown by pytest if the test failed)."""
+    workers = WorkerProcesses(shared_url, tmp_path)
+    try:
+        yield workers
+    finally:
+        workers.kill_all()
+        print(workers.logs())

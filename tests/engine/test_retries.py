@@ -3,7 +3,10 @@ that do not serialize to the declared type."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from pydantic import BaseModel
 
 from perdure import (
     Engine,
@@ -19,6 +22,10 @@ from .conftest import MakeEngine
 from .support import count, types, wait_for_status
 
 FAST_RETRY = RetryPolicy(max_attempts=3, base_delay=0)
+
+
+class Counted(BaseModel):
+    value: int
 
 
 async def test_task_that_fails_twice_then_succeeds_completes_on_attempt_3(
@@ -208,18 +215,13 @@ async def test_output_not_matching_the_declared_type_fails_without_retry(
 
 
 async def test_output_that_validates_into_the_declared_type_is_accepted(engine: Engine) -> None:
-    from pydantic import BaseModel
-
-    class Out(BaseModel):
-        value: int
-
     @engine.task(id="dict-for-model")
-    async def dict_for_model(ctx: RunContext) -> Out:
+    async def dict_for_model(ctx: RunContext) -> Counted:
         return {"value": 3}  # type: ignore[return-value]
 
     async with engine:
         result = await (await dict_for_model.trigger(None)).result(timeout=10)
-    assert result == Out(value=3)
+    assert result == Counted(value=3)
 
 
 async def test_oversized_output_fails_without_retry(make_engine: MakeEngine) -> None:
@@ -236,3 +238,28 @@ async def test_oversized_output_fails_without_retry(make_engine: MakeEngine) -> 
     assert run.error is not None
     assert run.error.type == "OutputValidationError"
     assert "max_payload_bytes" in run.error.message
+
+
+async def test_cancelled_error_from_the_task_own_code_is_a_failure(engine: Engine) -> None:
+    """A CancelledError the engine did not cause (the body awaited something that was
+    cancelled) fails the attempt like any error; it is not treated as a lost worker, which
+    would leave the run `running` until its lease expired."""
+
+    @engine.task(id="awaits-cancelled", retry=FAST_RETRY)
+    async def awaits_cancelled(ctx: RunContext) -> str:
+        if ctx.attempt == 1:
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            future.cancel()
+            await future
+        return "second attempt"
+
+    async with engine:
+        handle = await awaits_cancelled.trigger(None)
+        assert await handle.result(timeout=10) == "second attempt"
+        run = await handle.get()
+        events = await handle.events()
+
+    assert run.attempt == 2
+    assert run.lost_leases == 0
+    failed = [e for e in events if e.type == "attempt_failed"]
+    assert [e.data["error"]["type"] for e in failed] == ["CancelledError"]

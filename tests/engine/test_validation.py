@@ -3,7 +3,7 @@ trigger options, and invalid task definitions."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -150,8 +150,6 @@ async def test_delay_and_run_at_together_are_refused(engine: Engine) -> None:
     @engine.task(id="opt")
     async def opt(ctx: RunContext, n: int) -> int:
         return n
-
-    from datetime import UTC
 
     with pytest.raises(InvalidOptionError, match="delay"):
         await opt.trigger(1, delay=timedelta(seconds=5), run_at=datetime.now(UTC))

@@ -178,7 +178,8 @@ async def test_another_instance_hears_work_and_finished(pg_url: str) -> None:
             (CHANNEL_FINISHED, run.id),
             ("probe", "done"),
         ]
-        assert remote.items == [(CHANNEL_WORK, ""), (CHANNEL_FINISHED, run.id)]
+        # `there` sent the probe itself: it hears it once, from its own commit.
+        assert remote.items == [(CHANNEL_WORK, ""), (CHANNEL_FINISHED, run.id), ("probe", "done")]
 
 
 @pytest.mark.postgres
@@ -264,3 +265,20 @@ async def test_listen_reconnects_after_its_connection_is_killed(
         run = await claim_one(here)
         await here.finish_attempts("w1", [completed(run)], T0 + 1)
         await remote.wait_for(CHANNEL_FINISHED, run.id)
+
+
+@pytest.mark.postgres
+async def test_foreign_notifications_on_the_channel_are_ignored(
+    pg_url: str, pg_server: PostgresServer
+) -> None:
+    async with open_storage(pg_url) as here, open_storage(pg_url) as there:
+        remote = Heard()
+        there.add_listener(remote)
+
+        pg_server.execute(pg_url, "NOTIFY perdure, 'not json'")
+        pg_server.execute(pg_url, """NOTIFY perdure, '{"n": [[1, 2], "x"]}'""")
+        async with here.db.transaction() as tx:
+            tx.notify("probe")
+        await remote.wait_for("probe")
+
+        assert remote.items == [("probe", "")]

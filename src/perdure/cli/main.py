@@ -55,12 +55,17 @@ app = typer.Typer(
 )
 app.add_typer(runs_app)
 
-_HELP = {spec.name: spec.help for spec in OPTIONS}
-_ENV = {spec.name: spec.env for spec in OPTIONS}
+_SPECS = {spec.name: spec for spec in OPTIONS}
+_METAVARS = {"_positive_int": "N", "_duration": "SECONDS", "_queues": "Q1,Q2"}
 
 
-def _help(name: str) -> str:
-    return f"{_HELP[name].capitalize()} [env {_ENV[name]}]."
+def _flag(name: str) -> Any:
+    """A `perdure worker` flag for one engine option, described by the option table."""
+    spec = _SPECS[name]
+    return typer.Option(
+        help=f"{spec.help[0].upper()}{spec.help[1:]} (env {spec.env}).",
+        metavar=_METAVARS.get(getattr(spec.parse, "__name__", ""), "VALUE"),
+    )
 
 
 @app.callback()
@@ -96,15 +101,15 @@ def worker(
             metavar="APP", help="Where the engine is, as module:attribute (e.g. tasks:engine)."
         ),
     ],
-    concurrency: Annotated[str | None, typer.Option(help=_help("concurrency"))] = None,
-    queues: Annotated[str | None, typer.Option(help=_help("queues") + " Comma-separated.")] = None,
-    lease: Annotated[str | None, typer.Option(help=_help("lease"))] = None,
-    heartbeat: Annotated[str | None, typer.Option(help=_help("heartbeat"))] = None,
-    poll_interval: Annotated[str | None, typer.Option(help=_help("poll_interval"))] = None,
-    shutdown_grace: Annotated[str | None, typer.Option(help=_help("shutdown_grace"))] = None,
-    max_children: Annotated[str | None, typer.Option(help=_help("max_children"))] = None,
-    max_payload_bytes: Annotated[str | None, typer.Option(help=_help("max_payload_bytes"))] = None,
-    max_lost_leases: Annotated[str | None, typer.Option(help=_help("max_lost_leases"))] = None,
+    concurrency: Annotated[str | None, _flag("concurrency")] = None,
+    queues: Annotated[str | None, _flag("queues")] = None,
+    lease: Annotated[str | None, _flag("lease")] = None,
+    heartbeat: Annotated[str | None, _flag("heartbeat")] = None,
+    poll_interval: Annotated[str | None, _flag("poll_interval")] = None,
+    shutdown_grace: Annotated[str | None, _flag("shutdown_grace")] = None,
+    max_children: Annotated[str | None, _flag("max_children")] = None,
+    max_payload_bytes: Annotated[str | None, _flag("max_payload_bytes")] = None,
+    max_lost_leases: Annotated[str | None, _flag("max_lost_leases")] = None,
     log_level: Annotated[
         str, typer.Option(help="Logging level: debug, info, warning or error.")
     ] = "info",
@@ -137,11 +142,6 @@ def worker(
             "warning, error",
             EXIT_USAGE,
         )
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
     engine = load_engine(app_spec)
     if state.database_url_explicit:
         flags["database_url"] = state.database_url
@@ -152,6 +152,9 @@ def worker(
             "(or in modules it imports)",
             EXIT_USAGE,
         )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(ContextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     options = engine.options
     render.console(stderr=True).print(
         Text(
@@ -161,6 +164,17 @@ def worker(
         )
     )
     run(_serve(engine))
+
+
+class ContextFormatter(logging.Formatter):
+    """Appends the context perdure attaches to its log records (`run_id=… worker_id=…`)."""
+
+    KEYS = ("run_id", "task_id", "attempt", "worker_id")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        context = [f"{key}={getattr(record, key)}" for key in self.KEYS if hasattr(record, key)]
+        return f"{text} [{' '.join(context)}]" if context else text
 
 
 async def _serve(engine: Engine) -> None:

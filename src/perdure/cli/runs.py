@@ -1,7 +1,8 @@
-"""`perdure runs ls|show|cancel`: read and control runs through the engine's operations."""
+"""`perdure runs ls|show|cancel|replay`: read and control runs through the engine's operations."""
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -15,7 +16,7 @@ from perdure.engine.engine import Engine
 
 app = typer.Typer(
     name="runs",
-    help="List, inspect and cancel runs.",
+    help="List, inspect, cancel and replay runs.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -104,3 +105,17 @@ def cancel_run(
             f"run {run.id!r} had already finished ({run.status.value}); it was not cancelled"
         )
     render.console().print(Text(f"cancelled {run.id} ({run.task_id})"))
+
+
+@app.command("replay")
+def replay_run(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run to replay.")],
+) -> None:
+    """Start a new run of the same task with the same input; prints the new run's id."""
+    state: State = ctx.obj
+
+    async def work(engine: Engine) -> str:
+        return (await engine.replay(run_id)).id
+
+    sys.stdout.write(run_with_engine(new_engine(state), work) + "\n")

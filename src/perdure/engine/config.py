@@ -52,8 +52,9 @@ def _queues(name: str, value: Any) -> tuple[str, ...] | None:
 
 def _url(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
-        raise InvalidOptionError(name, "a database URL (postgresql://, sqlite:///, memory://)",
-                                 value)
+        raise InvalidOptionError(
+            name, "a database URL (postgresql://, sqlite:///, memory://)", value
+        )
     return value
 
 
@@ -98,8 +99,9 @@ class EngineOptions:
     clock: Clock = field(default_factory=SystemClock)
 
     @classmethod
-    def resolve(cls, explicit: Mapping[str, Any],
-                environ: Mapping[str, str] | None = None) -> EngineOptions:
+    def resolve(
+        cls, explicit: Mapping[str, Any], environ: Mapping[str, str] | None = None
+    ) -> EngineOptions:
         """Keywords given explicitly win; then `PERDURE_*` variables; then defaults."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
@@ -111,8 +113,9 @@ class EngineOptions:
         unknown = set(explicit) - set(_SPECS) - {"clock"}
         if unknown:
             allowed = ", ".join(sorted([*_SPECS, "clock"]))
-            raise InvalidOptionError(sorted(unknown)[0], f"one of the options {allowed}",
-                                     explicit[sorted(unknown)[0]])
+            raise InvalidOptionError(
+                sorted(unknown)[0], f"one of the options {allowed}", explicit[sorted(unknown)[0]]
+            )
         clock = explicit.get("clock")
         if clock is not None:
             if not isinstance(clock, Clock):
@@ -121,7 +124,8 @@ class EngineOptions:
         options = replace(cls(), **values)
         if options.heartbeat >= options.lease:
             raise InvalidOptionError(
-                "heartbeat", f"less than lease ({options.lease:g} s)", options.heartbeat)
+                "heartbeat", f"less than lease ({options.lease:g} s)", options.heartbeat
+            )
         return options
 
     def as_dict(self) -> dict[str, Any]:

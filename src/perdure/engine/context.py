@@ -60,8 +60,12 @@ class Signal:
 class _HistoryLog(logging.LoggerAdapter[logging.Logger]):
     """`ctx.log`: logs with run context and captures each line into the run's history."""
 
-    def __init__(self, logger: logging.Logger, extra: dict[str, Any],
-                 sink: Callable[[str, dict[str, Any]], None]) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        extra: dict[str, Any],
+        sink: Callable[[str, dict[str, Any]], None],
+    ) -> None:
         super().__init__(logger, extra)
         self._sink = sink
 
@@ -91,35 +95,64 @@ class RunContext:
         self._durable = Durable(self, run, worker_id)
         self._pending_events: list[tuple[str, dict[str, Any]]] = []
         self._saved_metadata: dict[str, Any] = dict(run.metadata)
-        extra = {"run_id": run.id, "task_id": run.task_id, "attempt": run.attempt,
-                 "worker_id": worker_id}
-        self.log = _HistoryLog(logging.getLogger(f"perdure.task.{run.task_id}"), extra,
-                               self._buffer_event)
+        extra = {
+            "run_id": run.id,
+            "task_id": run.task_id,
+            "attempt": run.attempt,
+            "worker_id": worker_id,
+        }
+        self.log = _HistoryLog(
+            logging.getLogger(f"perdure.task.{run.task_id}"), extra, self._buffer_event
+        )
 
     def __repr__(self) -> str:
         return f"<RunContext run={self.run_id} task={self.task_id!r} attempt={self.attempt}>"
 
     # --- durable calls -----------------------------------------------------------------------
 
+    # `retry=` cannot sit next to ParamSpec arguments (PEP 612), so a call passing it is
+    # typed by these two overloads, without checking fn's own arguments.
     @overload
-    async def step(self, name: str, fn: Callable[P, Awaitable[T]], /, *args: P.args,
-                   **kwargs: P.kwargs) -> T: ...
+    async def step(
+        self,
+        name: str,
+        fn: Callable[..., Awaitable[T]],
+        /,
+        *args: Any,
+        retry: RetryPolicy,
+        **kwargs: Any,
+    ) -> T: ...
     @overload
-    async def step(self, name: str, fn: Callable[P, T], /, *args: P.args,
-                   **kwargs: P.kwargs) -> T: ...
+    async def step(
+        self, name: str, fn: Callable[..., T], /, *args: Any, retry: RetryPolicy, **kwargs: Any
+    ) -> T: ...
+    @overload
+    async def step(
+        self, name: str, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T: ...
+    @overload
+    async def step(
+        self, name: str, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T: ...
     async def step(self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run `fn(*args, **kwargs)` once per run: its result is recorded and returned from the
         record on every later execution. Pass `retry=RetryPolicy(...)` as a keyword to retry
         the step in place before the failure reaches the run."""
-        retry = kwargs.pop("retry", None)
-        await self._flush_events()
-        return await self._durable.step(name, fn, args, kwargs, _retry(retry))
+        retry = _retry(kwargs.pop("retry", None))
+        # Take the position before the first await: under asyncio.gather, positions then
+        # follow the order the calls start in, whatever order their I/O completes in.
+        position = self._durable.reserve()
+        await self._flush_events(position)
+        return await self._durable.step(name, fn, args, kwargs, retry, position=position)
 
     def step_sync(self, name: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """`step` for `def` task bodies (runs `fn` in a worker thread)."""
         retry = _retry(kwargs.pop("retry", None))
-        return run_sync(self.engine, "step_sync",
-                        lambda: self._durable.step(name, fn, args, kwargs, retry, True))
+        return run_sync(
+            self.engine,
+            "step_sync",
+            lambda: self._durable.step(name, fn, args, kwargs, retry, True),
+        )
 
     async def sleep(self, seconds: float | timedelta) -> None:
         """Sleep durably: short sleeps stay in process; longer ones suspend the run, freeing
@@ -130,8 +163,9 @@ class RunContext:
         await self.sleep_until_ts(timestamp(when))
 
     async def sleep_until_ts(self, wake_at: float) -> None:
-        await self._flush_events()
-        await self._durable.sleep_until(wake_at)
+        position = self._durable.reserve()  # before any await, as in `step`
+        await self._flush_events(position)
+        await self._durable.sleep_until(wake_at, position)
 
     def sleep_sync(self, seconds: float | timedelta) -> None:
         run_sync(self.engine, "sleep_sync", lambda: self.sleep(seconds))
@@ -151,8 +185,9 @@ class RunContext:
         return await self._durable.wait_for_token(token, type)
 
     def wait_for_token_sync(self, token: Token, type: Any = Any) -> Any:
-        return run_sync(self.engine, "wait_for_token_sync",
-                        lambda: self.wait_for_token(token, type))
+        return run_sync(
+            self.engine, "wait_for_token_sync", lambda: self.wait_for_token(token, type)
+        )
 
     # --- observability -----------------------------------------------------------------------
 
@@ -163,11 +198,12 @@ class RunContext:
     def _buffer_event(self, type_: str, data: dict[str, Any]) -> None:
         self._pending_events.append((type_, data))
 
-    async def _flush_events(self) -> None:
-        """Persist buffered progress/log events and changed metadata (fenced)."""
+    async def _flush_events(self, position: int | None = None) -> None:
+        """Persist buffered progress/log events and changed metadata (fenced), unless the
+        durable call at `position` (default: the next one) shows this code already ran."""
         storage = self._durable.storage
         now = self.engine.clock.time()
-        if await self._durable.replaying():
+        if await self._durable.replaying(position):
             # This stretch of code already ran in an earlier execution, which recorded its
             # progress, logs and metadata: don't write them twice.
             self._pending_events.clear()

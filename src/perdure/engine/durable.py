@@ -106,14 +106,18 @@ class Durable:
     async def _load(self) -> dict[int, StepRecord]:
         if self.recorded is None:
             steps = await self.storage.load_steps(self.run.id)
-            self.recorded = {s.position: s for s in steps}
+            # Concurrent calls (asyncio.gather) may load at once: the first result stays,
+            # since it already holds what this attempt recorded since.
+            if self.recorded is None:
+                self.recorded = {s.position: s for s in steps}
         return self.recorded
 
-    async def replaying(self) -> bool:
-        """Whether the next durable call was already recorded by an earlier execution."""
+    async def replaying(self, position: int | None = None) -> bool:
+        """Whether the durable call at `position` (default: the next one) was already
+        recorded by an earlier execution."""
         if self.run.attempt == 1 and self.recorded is None:
             return False  # a first execution has no history to replay
-        return self.position in await self._load()
+        return (self.position if position is None else position) in await self._load()
 
     async def lookup(self, position: int, kind: str, name: str) -> StepRecord | None:
         record = (await self._load()).get(position)
@@ -134,18 +138,31 @@ class Durable:
             for step in steps:
                 self.recorded[step.position] = step
 
-    def _step(self, position: int, kind: str, name: str, status: str, **fields: Any
-              ) -> StepRecord:
-        return StepRecord(run_id=self.run.id, position=position, kind=kind, name=name,
-                          status=status, attempt=self.run.attempt, **fields)
+    def _step(self, position: int, kind: str, name: str, status: str, **fields: Any) -> StepRecord:
+        return StepRecord(
+            run_id=self.run.id,
+            position=position,
+            kind=kind,
+            name=name,
+            status=status,
+            attempt=self.run.attempt,
+            **fields,
+        )
 
     # --- steps -------------------------------------------------------------------------------
 
-    async def step(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
-                   kwargs: dict[str, Any], retry: RetryPolicy | None,
-                   in_thread: bool = False) -> Any:
+    async def step(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        retry: RetryPolicy | None,
+        in_thread: bool = False,
+        position: int | None = None,
+    ) -> Any:
         _check_name(name)
-        position = self.reserve()
+        position = self.reserve() if position is None else position
         codec = codec_for(_return_type(fn))
         record = await self.lookup(position, "step", name)
         if record is not None:
@@ -155,7 +172,8 @@ class Durable:
             try:
                 if in_thread:
                     result = await asyncio.get_running_loop().run_in_executor(
-                        None, _call_in_context(fn, args, kwargs))
+                        None, _call_in_context(fn, args, kwargs)
+                    )
                 else:
                     result = fn(*args, **kwargs)
                     if inspect.isawaitable(result):
@@ -175,15 +193,16 @@ class Durable:
         except SerializationErrors as exc:
             raise OutputValidationError(
                 f"step {name!r} of run {self.run.id} returned {type(result).__name__}, which "
-                f"does not serialize as {describe_type(codec.type)}: {exc}") from None
+                f"does not serialize as {describe_type(codec.type)}: {exc}"
+            ) from None
         await self.record([self._step(position, "step", name, STEP_COMPLETED, output=output)])
         # Return what a replay would return, so first and later executions see the same value.
         return codec.load(output)
 
     # --- sleeps ------------------------------------------------------------------------------
 
-    async def sleep_until(self, wake_at: float) -> None:
-        position = self.reserve()
+    async def sleep_until(self, wake_at: float, position: int | None = None) -> None:
+        position = self.reserve() if position is None else position
         record = await self.lookup(position, "sleep", "sleep")
         if record is None:
             record = self._step(position, "sleep", "sleep", STEP_COMPLETED, wake_at=wake_at)
@@ -205,8 +224,15 @@ class Durable:
         if record is None:
             timeout_at = None if timeout is None else self.now + timeout
             token_id = new_id("tok")
-            record = self._step(position, "token", "token", STEP_PENDING, wake_at=timeout_at,
-                                token_id=token_id, batch=position)
+            record = self._step(
+                position,
+                "token",
+                "token",
+                STEP_PENDING,
+                wake_at=timeout_at,
+                token_id=token_id,
+                batch=position,
+            )
             await self.record([record])
         assert record.token_id is not None
         return Token(id=record.token_id, position=position, timeout_at=record.wake_at)
@@ -215,36 +241,50 @@ class Durable:
         record = await self.storage.get_token(token.id)
         if record is None or record.run_id != self.run.id:
             raise PerdureError(f"token {token.id!r} does not belong to run {self.run.id}")
+        timed_out = record.wake_at is not None and record.wake_at <= self.now
+        if record.status == STEP_PENDING and timed_out:
+            # Settle the token as timed out (the first settlement wins), so a completion
+            # arriving later cannot change what a replay of this run sees.
+            message = f"token {token.id} of run {self.run.id} was not completed before its timeout"
+            timeout = ErrorInfo(TokenTimeoutError.__name__, message, retryable=False)
+            settled, _ = await self.storage.complete_token(token.id, None, timeout, self.now)
+            record = settled or record
         if record.status == STEP_COMPLETED:
             return codec_for(out_type).load(record.output)
         if record.status == STEP_FAILED:
             error = record.error
-            raise StepFailedError(f"token {token.id} was failed: "
-                                  f"{error.message if error else 'no reason given'}")
-        if record.wake_at is not None and record.wake_at <= self.now:
-            raise TokenTimeoutError(
-                f"token {token.id} of run {self.run.id} was not completed before its timeout")
+            if error is not None and error.type == TokenTimeoutError.__name__:
+                raise TokenTimeoutError(error.message)
+            raise StepFailedError(
+                f"token {token.id} was failed: {error.message if error else 'no reason given'}"
+            )
         raise Suspend([record.position], record.wake_at)
 
     # --- child runs --------------------------------------------------------------------------
 
-    async def trigger_and_wait(self, task: Task[Any, T], inputs: Sequence[Any],
-                               options: TriggerOptions) -> list[RunResult[T]]:
+    async def trigger_and_wait(
+        self, task: Task[Any, T], inputs: Sequence[Any], options: TriggerOptions
+    ) -> list[RunResult[T]]:
         n = len(inputs)
         if n == 0:
             return []
         limit = self.ctx.engine.options.max_children
         if n > limit:
-            raise PerdureError(f"{n} children requested by run {self.run.id}; the limit is "
-                               f"{limit} (engine option max_children)")
+            raise PerdureError(
+                f"{n} children requested by run {self.run.id}; the limit is "
+                f"{limit} (engine option max_children)"
+            )
         first = self.reserve(n)
         positions = list(range(first, first + n))
         records = [await self.lookup(p, "child", task.id) for p in positions]
         if all(r is None for r in records):
             children = self.ctx.engine._new_runs(  # pyright: ignore[reportPrivateUsage]
-                task, inputs, options, parent=self.run)
-            steps = [self._step(p, "child", task.id, STEP_PENDING, child_run_id=c.id,
-                                batch=first) for p, c in zip(positions, children, strict=True)]
+                task, inputs, options, parent=self.run
+            )
+            steps = [
+                self._step(p, "child", task.id, STEP_PENDING, child_run_id=c.id, batch=first)
+                for p, c in zip(positions, children, strict=True)
+            ]
             await self.record(steps, children)
             raise Suspend(positions, None)
         if any(r is None or r.status == STEP_PENDING for r in records):
@@ -258,8 +298,13 @@ def _child_result(record: StepRecord, task: Task[Any, T]) -> RunResult[T]:
     error = settled.get("error")
     ok = status is RunStatus.COMPLETED
     output = task.output_codec.load(settled.get("output")) if ok else None
-    return RunResult(ok=ok, output=output, status=status, run_id=record.child_run_id,
-                     error=None if error is None else ErrorInfo.from_json(error))
+    return RunResult(
+        ok=ok,
+        output=output,
+        status=status,
+        run_id=record.child_run_id,
+        error=None if error is None else ErrorInfo.from_json(error),
+    )
 
 
 def _replayed(record: StepRecord, codec: Any) -> Any:
@@ -267,7 +312,8 @@ def _replayed(record: StepRecord, codec: Any) -> Any:
         error = record.error
         raise StepFailedError(
             f"step {record.name!r} failed earlier in this run: "
-            f"{error.type + ': ' + error.message if error else 'unknown error'}")
+            f"{error.type + ': ' + error.message if error else 'unknown error'}"
+        )
     return codec.load(record.output)
 
 
@@ -278,8 +324,9 @@ def _return_type(fn: Callable[..., Any]) -> Any:
         return Any
 
 
-def _call_in_context(fn: Callable[..., Any], args: tuple[Any, ...],
-                     kwargs: dict[str, Any]) -> Callable[[], Any]:
+def _call_in_context(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Callable[[], Any]:
     ctx = contextvars.copy_context()
     return lambda: ctx.run(fn, *args, **kwargs)
 

@@ -49,11 +49,13 @@ DEFAULT_IDEMPOTENCY_TTL = 30 * 24 * 3600.0
 
 class TaskDecorator(Protocol):
     @overload
-    def __call__(self, fn: Callable[[RunContext, In], Coroutine[Any, Any, Out]], /
-                 ) -> Task[In, Out]: ...
+    def __call__(
+        self, fn: Callable[[RunContext, In], Coroutine[Any, Any, Out]], /
+    ) -> Task[In, Out]: ...
     @overload
-    def __call__(self, fn: Callable[[RunContext], Coroutine[Any, Any, Out]], /
-                 ) -> Task[None, Out]: ...
+    def __call__(
+        self, fn: Callable[[RunContext], Coroutine[Any, Any, Out]], /
+    ) -> Task[None, Out]: ...
     @overload
     def __call__(self, fn: Callable[[RunContext, In], Out], /) -> Task[In, Out]: ...
     @overload
@@ -81,13 +83,21 @@ class Engine:
         max_lost_leases: int | None = None,
         clock: Clock | None = None,
     ) -> None:
-        self.options = EngineOptions.resolve({
-            "database_url": database_url, "concurrency": concurrency, "queues": queues,
-            "lease": lease, "heartbeat": heartbeat, "poll_interval": poll_interval,
-            "shutdown_grace": shutdown_grace, "max_children": max_children,
-            "max_payload_bytes": max_payload_bytes, "max_lost_leases": max_lost_leases,
-            "clock": clock,
-        })
+        self.options = EngineOptions.resolve(
+            {
+                "database_url": database_url,
+                "concurrency": concurrency,
+                "queues": queues,
+                "lease": lease,
+                "heartbeat": heartbeat,
+                "poll_interval": poll_interval,
+                "shutdown_grace": shutdown_grace,
+                "max_children": max_children,
+                "max_payload_bytes": max_payload_bytes,
+                "max_lost_leases": max_lost_leases,
+                "clock": clock,
+            }
+        )
         self.clock = self.options.clock
         self._tasks: dict[str, Task[Any, Any]] = {}
         self._storage: Storage | None = None
@@ -98,6 +108,7 @@ class Engine:
         self._portal_lock = threading.Lock()
         self._worker: Worker | None = None
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._memory_used = False
 
     def __repr__(self) -> str:
         return f"<Engine {self.url!r} tasks={len(self._tasks)}>"
@@ -123,9 +134,11 @@ class Engine:
             if id in self._tasks:
                 raise DuplicateTaskError(
                     f"task id {id!r} is already defined on this engine (by "
-                    f"{_qualname(self._tasks[id].fn)}); task ids must be unique")
-            task: Task[Any, Any] = Task(self, fn, id=id, queue=queue, timeout=timeout,
-                                        retry=retry, version=version)
+                    f"{_qualname(self._tasks[id].fn)}); task ids must be unique"
+                )
+            task: Task[Any, Any] = Task(
+                self, fn, id=id, queue=queue, timeout=timeout, retry=retry, version=version
+            )
             self._tasks[id] = task
             return task
 
@@ -141,7 +154,8 @@ class Engine:
         except KeyError:
             known = ", ".join(sorted(self._tasks)) or "none"
             raise TaskNotFoundError(
-                f"unknown task {task_id!r}; tasks defined on this engine: {known}") from None
+                f"unknown task {task_id!r}; tasks defined on this engine: {known}"
+            ) from None
 
     # --- connection and lifecycle ------------------------------------------------------------
 
@@ -153,17 +167,25 @@ class Engine:
             if self._home_loop.is_running() and not self._home_loop.is_closed():
                 raise PerdureError(
                     "this engine is in use on another event loop (another thread); call its "
-                    "*_sync methods from other threads instead")
+                    "*_sync methods from other threads instead"
+                )
             self._storage = None  # its loop is gone; reconnect on this one
         if self._open_lock is None or self._home_loop is not loop:
             self._open_lock = asyncio.Lock()
             self._home_loop = loop
         async with self._open_lock:
             if self._storage is None:
+                if self._memory_used:
+                    raise PerdureError(
+                        "this engine's in-memory database (memory://) was closed at shutdown "
+                        "and its runs are gone; use a file database (sqlite:///path.db) to "
+                        "read runs after shutdown"
+                    )
                 storage = make_storage(self.url)
                 await storage.open()
                 storage.add_listener(self._on_notification)
                 self._storage = storage
+                self._memory_used = not storage.is_shared
                 self._home_thread = threading.get_ident()
         return self._storage
 
@@ -189,8 +211,10 @@ class Engine:
         if self._worker is not None:
             return
         if not self._tasks:
-            raise PerdureError("no tasks are defined on this engine; define tasks with "
-                               "@engine.task(...) before starting a worker")
+            raise PerdureError(
+                "no tasks are defined on this engine; define tasks with "
+                "@engine.task(...) before starting a worker"
+            )
         self._worker = Worker(self, storage, self.options, self._tasks)
         await self._worker.start()
 
@@ -245,8 +269,9 @@ class Engine:
 
     # --- triggering --------------------------------------------------------------------------
 
-    async def trigger(self, task: str | Task[Any, Any], input: Any = None,
-                      **options: Any) -> RunHandle[Any]:
+    async def trigger(
+        self, task: str | Task[Any, Any], input: Any = None, **options: Any
+    ) -> RunHandle[Any]:
         """Trigger by task id (or Task). An id not defined here is looked up in the catalog
         that workers register, so a client can trigger without importing the task code."""
         if isinstance(task, Task):
@@ -259,13 +284,16 @@ class Engine:
             known = sorted({*self._tasks, *(t.task_id for t in await storage.list_tasks())})
             raise TaskNotFoundError(
                 f"unknown task {task!r}; known tasks: {', '.join(known) or 'none'} (a task is "
-                "known once it is defined in this process or a worker that defines it started)")
+                "known once it is defined in this process or a worker that defines it started)"
+            )
         handles: list[RunHandle[Any]] = await self._trigger_many(
-            info, [input], TriggerOptions.build(**options))
+            info, [input], TriggerOptions.build(**options)
+        )
         return handles[0]
 
-    async def _trigger_many(self, task: Task[Any, Out] | TaskInfo, inputs: Sequence[Any],
-                            options: TriggerOptions) -> list[RunHandle[Out]]:
+    async def _trigger_many(
+        self, task: Task[Any, Out] | TaskInfo, inputs: Sequence[Any], options: TriggerOptions
+    ) -> list[RunHandle[Out]]:
         storage = await self._ensure_open()
         now = self.clock.time()
         new_runs = self._new_runs(task, inputs, options, now=now)
@@ -275,9 +303,15 @@ class Engine:
         out_codec = task.output_codec if isinstance(task, Task) else None
         return [RunHandle(self, run.id, out_codec) for run, _ in results]
 
-    def _new_runs(self, task: Task[Any, Any] | TaskInfo, inputs: Sequence[Any],
-                  options: TriggerOptions, *, now: float | None = None,
-                  parent: Run | None = None) -> list[NewRun]:
+    def _new_runs(
+        self,
+        task: Task[Any, Any] | TaskInfo,
+        inputs: Sequence[Any],
+        options: TriggerOptions,
+        *,
+        now: float | None = None,
+        parent: Run | None = None,
+    ) -> list[NewRun]:
         """Validate inputs and build the rows to insert (raises before anything is stored)."""
         now = self.clock.time() if now is None else now
         if isinstance(task, Task):
@@ -304,23 +338,35 @@ class Engine:
             except (TypeError, ValueError) as exc:
                 raise InvalidOptionError("input", "a JSON-serializable value", value) from exc
             check_size(input_json, limit, "input", task_id)
-            new_runs.append(NewRun(
-                id=new_run_id(now), task_id=task_id, queue=options.queue or queue,
-                input_json=input_json, status=status, available_at=available_at,
-                max_attempts=max_attempts, priority=options.priority, timeout=timeout,
-                version=version, expires_at=None if options.ttl is None else now + options.ttl,
-                idempotency_key=options.idempotency_key,
-                idempotency_expires_at=None if options.idempotency_key is None
-                else now + (options.idempotency_ttl or DEFAULT_IDEMPOTENCY_TTL),
-                concurrency_key=options.concurrency_key, tags=list(options.tags),
-                metadata=dict(options.metadata or {}),
-                parent_id=None if parent is None else parent.id,
-                root_id=None if parent is None else (parent.root_id or parent.id),
-            ))
+            new_runs.append(
+                NewRun(
+                    id=new_run_id(now),
+                    task_id=task_id,
+                    queue=options.queue or queue,
+                    input_json=input_json,
+                    status=status,
+                    available_at=available_at,
+                    max_attempts=max_attempts,
+                    priority=options.priority,
+                    timeout=timeout,
+                    version=version,
+                    expires_at=None if options.ttl is None else now + options.ttl,
+                    idempotency_key=options.idempotency_key,
+                    idempotency_expires_at=None
+                    if options.idempotency_key is None
+                    else now + (options.idempotency_ttl or DEFAULT_IDEMPOTENCY_TTL),
+                    concurrency_key=options.concurrency_key,
+                    tags=list(options.tags),
+                    metadata=dict(options.metadata or {}),
+                    parent_id=None if parent is None else parent.id,
+                    root_id=None if parent is None else (parent.root_id or parent.id),
+                )
+            )
         return new_runs
 
-    async def complete_token(self, token_id: str, output: Any = None, *,
-                             error: str | None = None) -> StepRecord:
+    async def complete_token(
+        self, token_id: str, output: Any = None, *, error: str | None = None
+    ) -> StepRecord:
         """Complete a run's wait token from any process (or fail it with `error=`). The first
         completion wins; later ones return the recorded one unchanged."""
         storage = await self._ensure_open()
@@ -329,20 +375,85 @@ class Engine:
         except (TypeError, ValueError) as exc:
             raise InvalidOptionError("output", "a JSON-serializable value", output) from exc
         check_size(output_json, self.options.max_payload_bytes, "token output")
-        failure = None if error is None else ErrorInfo(type="TokenFailedError", message=error,
-                                                       retryable=False)
+        failure = (
+            None
+            if error is None
+            else ErrorInfo(type="TokenFailedError", message=error, retryable=False)
+        )
         record, _changed = await storage.complete_token(
-            token_id, None if error is not None else output_json, failure, self.clock.time())
+            token_id, None if error is not None else output_json, failure, self.clock.time()
+        )
         if record is None:
             raise TokenNotFoundError(
                 f"unknown token {token_id!r}: tokens are created in a task body with "
-                "`token = await ctx.create_token()` and completed with `token.id`")
+                "`token = await ctx.create_token()` and completed with `token.id`"
+            )
         return record
 
-    def complete_token_sync(self, token_id: str, output: Any = None, *,
-                            error: str | None = None) -> StepRecord:
-        return run_sync(self, "complete_token_sync",
-                        lambda: self.complete_token(token_id, output, error=error))
+    def complete_token_sync(
+        self, token_id: str, output: Any = None, *, error: str | None = None
+    ) -> StepRecord:
+        return run_sync(
+            self, "complete_token_sync", lambda: self.complete_token(token_id, output, error=error)
+        )
+
+    async def replay(self, run_id: str) -> RunHandle[Any]:
+        """Start a new run of the same task with the same input (any run, any status)."""
+        source = await self.get_run(run_id)
+        task = await self._task_or_info(source.task_id)
+        handles: list[RunHandle[Any]] = await self._trigger_many(
+            task,
+            [source.input],
+            TriggerOptions.build(queue=source.queue, priority=source.priority, tags=source.tags),
+        )
+        return handles[0]
+
+    async def fork(self, run_id: str, from_step: str | int) -> RunHandle[Any]:
+        """Start a new run with the same input that reuses the source's recorded durable
+        calls before `from_step` (a step name, or a position), and runs the rest anew."""
+        storage = await self._ensure_open()
+        source = await self.get_run(run_id)
+        steps = await storage.load_steps(run_id)
+        if isinstance(from_step, int) and not isinstance(from_step, bool):
+            upto = from_step
+        else:
+            found = [s.position for s in steps if s.kind == "step" and s.name == from_step]
+            if not found:
+                names = ", ".join(dict.fromkeys(s.name for s in steps if s.kind == "step"))
+                raise InvalidOptionError(
+                    "from_step", f"a step of run {run_id} ({names})", from_step
+                )
+            upto = found[0]
+        # Stop before the first record that cannot be reused (a pending wait or a token).
+        for record in steps:
+            if record.position < upto and (record.status == "pending" or record.kind == "token"):
+                upto = record.position
+                break
+        task = await self._task_or_info(source.task_id)
+        options = TriggerOptions.build(
+            queue=source.queue, priority=source.priority, tags=source.tags
+        )
+        new_run = self._new_runs(task, [source.input], options)[0]
+        await storage.fork_run(new_run, run_id, upto, self.clock.time())
+        out_codec = task.output_codec if isinstance(task, Task) else None
+        return RunHandle(self, new_run.id, out_codec)
+
+    async def _task_or_info(self, task_id: str) -> Task[Any, Any] | TaskInfo:
+        if task_id in self._tasks:
+            return self._tasks[task_id]
+        storage = await self._ensure_open()
+        info = await storage.get_task(task_id)
+        if info is None:
+            raise TaskNotFoundError(
+                f"task {task_id!r} is neither defined here nor registered by a worker"
+            )
+        return info
+
+    def replay_sync(self, run_id: str) -> RunHandle[Any]:
+        return run_sync(self, "replay_sync", lambda: self.replay(run_id))
+
+    def fork_sync(self, run_id: str, from_step: str | int) -> RunHandle[Any]:
+        return run_sync(self, "fork_sync", lambda: self.fork(run_id, from_step))
 
     # --- reading and controlling runs --------------------------------------------------------
 
@@ -357,17 +468,30 @@ class Engine:
             raise RunNotFoundError(run_id)
         return run
 
-    async def list_runs(self, *, task_id: str | None = None, status: str | None = None,
-                        queue: str | None = None, parent_id: str | None = None,
-                        limit: int = 50, cursor: str | None = None) -> RunPage:
+    async def list_runs(
+        self,
+        *,
+        task_id: str | None = None,
+        status: str | None = None,
+        queue: str | None = None,
+        parent_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunPage:
         """Runs newest first; pass the page's `next_cursor` as `cursor` for the next page."""
         if status is not None:
             status = parse_status(status).value
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise InvalidOptionError("limit", "an integer from 1 to 1000", limit)
         storage = await self._ensure_open()
-        return await storage.list_runs(status=status, task_id=task_id, queue=queue,
-                                       parent_id=parent_id, limit=limit, cursor=cursor)
+        return await storage.list_runs(
+            status=status,
+            task_id=task_id,
+            queue=queue,
+            parent_id=parent_id,
+            limit=limit,
+            cursor=cursor,
+        )
 
     async def cancel(self, run_id: str, reason: str = "cancelled") -> Run:
         """Cancel a run that has not finished (a finished run is returned unchanged). A running
@@ -416,8 +540,9 @@ class Engine:
             if deadline is not None:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    raise TimeoutError(f"run {run_id} did not finish within {timeout}s "
-                                       f"(status {run.status.value})")
+                    raise TimeoutError(
+                        f"run {run_id} did not finish within {timeout}s (status {run.status.value})"
+                    )
                 wait = min(wait, remaining)
             await self._wait_notified(run_id, wait)
             poll = min(poll * 2, self.options.poll_interval)
@@ -454,7 +579,11 @@ class Engine:
             if self._worker is not None:
                 self._worker.wake()
         elif channel == CHANNEL_FINISHED:
-            self._attempt_finished(payload)
+            if payload:
+                self._attempt_finished(payload)
+            else:  # "look again" (a reconnect or an oversized batch): re-check every waiter
+                for run_id in list(self._waiters):
+                    self._attempt_finished(run_id)
         elif channel == CHANNEL_CANCEL and self._worker is not None:
             self._worker.cancel_local(payload)
 
@@ -466,8 +595,9 @@ class Engine:
                 self._portal = Portal()
             return self._portal
 
-    def trigger_sync(self, task: str | Task[Any, Any], input: Any = None,
-                     **options: Any) -> RunHandle[Any]:
+    def trigger_sync(
+        self, task: str | Task[Any, Any], input: Any = None, **options: Any
+    ) -> RunHandle[Any]:
         return run_sync(self, "trigger_sync", lambda: self.trigger(task, input, **options))
 
     def get_run_sync(self, run_id: str) -> Run:

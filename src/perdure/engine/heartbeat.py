@@ -53,8 +53,9 @@ class Heartbeat:
 
     def start(self) -> None:
         if self._main_storage.is_shared:
-            self._thread = threading.Thread(target=self._thread_main, name="perdure-heartbeat",
-                                            daemon=True)
+            self._thread = threading.Thread(
+                target=self._thread_main, name="perdure-heartbeat", daemon=True
+            )
             self._thread.start()
         else:
             # An in-memory database is private to this connection, and no other process can
@@ -92,15 +93,17 @@ class Heartbeat:
             return
         try:
             if time.monotonic() - self._last_extend >= self._interval:
-                owned = await storage.extend_leases(self._worker_id, attempts, self._lease,
-                                                    self._clock.time())
+                owned = await storage.extend_leases(
+                    self._worker_id, attempts, self._lease, self._clock.time()
+                )
                 self._last_extend = time.monotonic()
             else:
                 owned = await storage.owned_runs(self._worker_id, attempts)
         except PerdureError as exc:
             if not self._failing:
-                log.warning("heartbeat failed, will retry: %s", exc,
-                            extra={"worker_id": self._worker_id})
+                log.warning(
+                    "heartbeat failed, will retry: %s", exc, extra={"worker_id": self._worker_id}
+                )
             self._failing = True
             return
         if self._failing:

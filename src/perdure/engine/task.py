@@ -67,8 +67,9 @@ class TriggerOptions:
         concurrency_key: str | None = None,
         queue: str | None = None,
     ) -> TriggerOptions:
-        if idempotency_key is not None and (not isinstance(idempotency_key, str)
-                                            or not idempotency_key):
+        if idempotency_key is not None and (
+            not isinstance(idempotency_key, str) or not idempotency_key
+        ):
             raise InvalidOptionError("idempotency_key", "a non-empty string", idempotency_key)
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise InvalidOptionError("priority", "an integer", priority)
@@ -88,7 +89,8 @@ class TriggerOptions:
             raise InvalidOptionError("ttl", "a duration > 0", ttl)
         return cls(
             idempotency_key=idempotency_key,
-            idempotency_ttl=None if idempotency_ttl is None
+            idempotency_ttl=None
+            if idempotency_ttl is None
             else to_seconds(idempotency_ttl, "idempotency_ttl"),
             delay=None if delay is None else to_seconds(delay, "delay"),
             run_at=None if run_at is None else run_at.timestamp(),
@@ -117,7 +119,8 @@ class Task(Generic[In, Out]):
     ) -> None:
         if not isinstance(id, str) or not _TASK_ID.match(id):
             raise InvalidOptionError(
-                "id", "1-200 letters, digits or _ . : / - starting with a letter or digit", id)
+                "id", "1-200 letters, digits or _ . : / - starting with a letter or digit", id
+            )
         if not isinstance(queue, str) or not queue:
             raise InvalidOptionError("queue", "a non-empty string", queue)
         if retry is not None and not isinstance(retry, RetryPolicy):
@@ -141,9 +144,13 @@ class Task(Generic[In, Out]):
 
     def info(self) -> TaskInfo:
         return TaskInfo(
-            task_id=self.id, queue=self.queue, max_attempts=self.retry.max_attempts,
-            timeout=self.timeout, version=self.version,
-            input_schema=_schema(self.input_codec), output_schema=_schema(self.output_codec),
+            task_id=self.id,
+            queue=self.queue,
+            max_attempts=self.retry.max_attempts,
+            timeout=self.timeout,
+            version=self.version,
+            input_schema=_schema(self.input_codec),
+            output_schema=_schema(self.output_codec),
         )
 
     # --- triggering --------------------------------------------------------------------------
@@ -165,21 +172,34 @@ class Task(Generic[In, Out]):
     ) -> RunHandle[Out]:
         """Validate `input`, store a run and return its handle once the row is committed."""
         options = TriggerOptions.build(
-            idempotency_key=idempotency_key, idempotency_ttl=idempotency_ttl, delay=delay,
-            run_at=run_at, priority=priority, ttl=ttl, tags=tags, metadata=metadata,
-            concurrency_key=concurrency_key, queue=queue,
+            idempotency_key=idempotency_key,
+            idempotency_ttl=idempotency_ttl,
+            delay=delay,
+            run_at=run_at,
+            priority=priority,
+            ttl=ttl,
+            tags=tags,
+            metadata=metadata,
+            concurrency_key=concurrency_key,
+            queue=queue,
         )
         handles = await self.engine._trigger_many(self, [input], options)  # pyright: ignore[reportPrivateUsage]
         return handles[0]
 
     async def batch_trigger(
-        self, inputs: Sequence[In], *, priority: int = 0,
-        delay: float | timedelta | None = None, ttl: float | timedelta | None = None,
-        tags: Sequence[str] | None = None, queue: str | None = None,
+        self,
+        inputs: Sequence[In],
+        *,
+        priority: int = 0,
+        delay: float | timedelta | None = None,
+        ttl: float | timedelta | None = None,
+        tags: Sequence[str] | None = None,
+        queue: str | None = None,
     ) -> list[RunHandle[Out]]:
         """Trigger one run per input in a single transaction: all are stored, or none."""
-        options = TriggerOptions.build(priority=priority, delay=delay, ttl=ttl, tags=tags,
-                                       queue=queue)
+        options = TriggerOptions.build(
+            priority=priority, delay=delay, ttl=ttl, tags=tags, queue=queue
+        )
         return await self.engine._trigger_many(self, list(inputs), options)  # pyright: ignore[reportPrivateUsage]
 
     async def trigger_and_wait(self, input: In, **options: Any) -> RunResult[Out]:
@@ -187,35 +207,45 @@ class Task(Generic[In, Out]):
         suspends, holding no slot). A replay never triggers the child twice."""
         ctx = context_or_error("trigger_and_wait")
         results = await ctx._durable.trigger_and_wait(  # pyright: ignore[reportPrivateUsage]
-            self, [input], TriggerOptions.build(**options))
+            self, [input], TriggerOptions.build(**options)
+        )
         return results[0]
 
-    async def batch_trigger_and_wait(self, inputs: Sequence[In],
-                                     **options: Any) -> list[RunResult[Out]]:
+    async def batch_trigger_and_wait(
+        self, inputs: Sequence[In], **options: Any
+    ) -> list[RunResult[Out]]:
         """From inside a task body: start one child per input (one transaction) and wait for
         all of them; results come back in input order, failed ones included."""
         ctx = context_or_error("batch_trigger_and_wait")
         return await ctx._durable.trigger_and_wait(  # pyright: ignore[reportPrivateUsage]
-            self, list(inputs), TriggerOptions.build(**options))
+            self, list(inputs), TriggerOptions.build(**options)
+        )
 
     def trigger_and_wait_sync(self, input: In, **options: Any) -> RunResult[Out]:
         ctx = context_or_error("trigger_and_wait_sync")
-        return run_sync(self.engine, "trigger_and_wait_sync",
-                        lambda: _with_context(ctx, self.trigger_and_wait(input, **options)))
+        return run_sync(
+            self.engine,
+            "trigger_and_wait_sync",
+            lambda: _with_context(ctx, self.trigger_and_wait(input, **options)),
+        )
 
-    def batch_trigger_and_wait_sync(self, inputs: Sequence[In],
-                                    **options: Any) -> list[RunResult[Out]]:
+    def batch_trigger_and_wait_sync(
+        self, inputs: Sequence[In], **options: Any
+    ) -> list[RunResult[Out]]:
         ctx = context_or_error("batch_trigger_and_wait_sync")
-        return run_sync(self.engine, "batch_trigger_and_wait_sync",
-                        lambda: _with_context(ctx, self.batch_trigger_and_wait(inputs,
-                                                                               **options)))
+        return run_sync(
+            self.engine,
+            "batch_trigger_and_wait_sync",
+            lambda: _with_context(ctx, self.batch_trigger_and_wait(inputs, **options)),
+        )
 
     def trigger_sync(self, input: In, **options: Any) -> RunHandle[Out]:
         return run_sync(self.engine, "trigger_sync", lambda: self.trigger(input, **options))
 
     def batch_trigger_sync(self, inputs: Sequence[In], **options: Any) -> list[RunHandle[Out]]:
-        return run_sync(self.engine, "batch_trigger_sync",
-                        lambda: self.batch_trigger(inputs, **options))
+        return run_sync(
+            self.engine, "batch_trigger_sync", lambda: self.batch_trigger(inputs, **options)
+        )
 
     def handle(self, run_id: str) -> RunHandle[Out]:
         """A typed handle for a run of this task."""
@@ -239,7 +269,8 @@ def _signature_types(fn: Callable[..., Any], task_id: str) -> tuple[Any, Any, bo
     if len(positional) not in (1, 2) or len(positional) != len(params):
         raise ConfigurationError(
             f"task {task_id!r}: the function must take (ctx) or (ctx, input); "
-            f"got ({', '.join(p.name for p in params)})")
+            f"got ({', '.join(p.name for p in params)})"
+        )
     try:
         hints = typing.get_type_hints(fn, include_extras=True)
     except Exception:  # unresolvable forward references: fall back to untyped JSON
@@ -258,7 +289,8 @@ def _codec(tp: Any, task_id: str, what: str) -> Codec[Any]:
     except PydanticUserError as exc:
         raise ConfigurationError(
             f"task {task_id!r}: its {what} type {describe_type(tp)} cannot be serialized as "
-            f"JSON: {exc.message}") from exc
+            f"JSON: {exc.message}"
+        ) from exc
 
 
 def _schema(codec: Codec[Any]) -> dict[str, Any] | None:

@@ -10,11 +10,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -81,8 +83,13 @@ class Attempt:
 
 
 class Worker:
-    def __init__(self, engine: Engine, storage: Storage, options: EngineOptions,
-                 tasks: dict[str, Task[Any, Any]]) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        storage: Storage,
+        options: EngineOptions,
+        tasks: dict[str, Task[Any, Any]],
+    ) -> None:
         self.engine = engine
         self.storage = storage
         self.options = options
@@ -99,30 +106,45 @@ class Worker:
         self._loops: list[asyncio.Task[None]] = []
         self._pending: list[tuple[Outcome, asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
-        self._threads = ThreadPoolExecutor(max_workers=min(options.concurrency, 64),
-                                           thread_name_prefix="perdure-task")
+        self._pool_size = min(options.concurrency, 64)
+        self._threads = ThreadPoolExecutor(
+            max_workers=self._pool_size, thread_name_prefix="perdure-task"
+        )
+        self._busy_threads = 0  # `def` bodies running, abandoned ones (timed out...) included
+        self._busy_lock = threading.Lock()
         self._loop = asyncio.get_running_loop()
         self._heartbeat = Heartbeat(
-            storage=storage, worker_id=self.id, lease=options.lease,
+            storage=storage,
+            worker_id=self.id,
+            lease=options.lease,
             interval=options.heartbeat,
             check_interval=min(options.poll_interval, options.heartbeat),
-            clock=self.clock, snapshot=self._lease_snapshot, on_lost=self._report_lost,
+            clock=self.clock,
+            snapshot=self._lease_snapshot,
+            on_lost=self._report_lost,
         )
-        self._timers: list[asyncio.TimerHandle] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._next_wake: float | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.storage.register_tasks([t.info() for t in self.tasks.values()],
-                                          self.clock.time())
+        await self.storage.register_tasks(
+            [t.info() for t in self.tasks.values()], self.clock.time()
+        )
         self._heartbeat.start()
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="perdure-claim"),
             asyncio.create_task(self._maintenance_loop(), name="perdure-maintenance"),
         ]
-        log.info("worker %s started: queues=%s concurrency=%d tasks=%d", self.id,
-                 ",".join(self.queues), self.options.concurrency, len(self.tasks),
-                 extra={"worker_id": self.id})
+        log.info(
+            "worker %s started: queues=%s concurrency=%d tasks=%d",
+            self.id,
+            ",".join(self.queues),
+            self.options.concurrency,
+            len(self.tasks),
+            extra={"worker_id": self.id},
+        )
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop claiming; give running attempts `grace` seconds; release the rest."""
@@ -148,8 +170,8 @@ class Worker:
             await asyncio.gather(*(a.done.wait() for a in remaining))
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
-        for timer in self._timers:
-            timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         await self._heartbeat.stop()
         self._threads.shutdown(wait=False, cancel_futures=True)
         log.info("worker %s stopped", self.id, extra={"worker_id": self.id})
@@ -158,10 +180,19 @@ class Worker:
         self._wake.set()
 
     def wake_at(self, when: float) -> None:
-        """Claim again when a delayed run or retry becomes due (this process only)."""
-        delay = max(0.0, when - self.clock.time())
-        self._timers = [t for t in self._timers if not t.cancelled()]
-        self._timers.append(self._loop.call_later(delay, self._wake.set))
+        """Claim again when a delayed run or retry becomes due (this process only). One timer
+        is kept, for the earliest due time; a later one is found by that claim's next poll."""
+        if self._next_wake is not None and self._next_wake <= when and self._timer is not None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._next_wake = when
+        self._timer = self._loop.call_later(max(0.0, when - self.clock.time()), self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        self._next_wake = None
+        self._wake.set()
 
     def cancel_local(self, run_id: str) -> None:
         attempt = self.active.get(run_id)
@@ -183,13 +214,18 @@ class Worker:
             # Clear before claiming: a notification that lands during the claim re-wakes us.
             self._wake.clear()
             try:
-                runs = await self.storage.claim_runs(self.id, self.queues, task_ids, limit,
-                                                     self.options.lease, self.clock.time())
+                runs = await self.storage.claim_runs(
+                    self.id, self.queues, task_ids, limit, self.options.lease, self.clock.time()
+                )
                 backoff = 0.0
             except PerdureError as exc:
                 backoff = min(max(backoff * 2, 0.1), 5.0)
-                log.warning("claim failed, retrying in %.1fs: %s", backoff, exc,
-                            extra={"worker_id": self.id})
+                log.warning(
+                    "claim failed, retrying in %.1fs: %s",
+                    backoff,
+                    exc,
+                    extra={"worker_id": self.id},
+                )
                 await asyncio.sleep(backoff)
                 continue
             for run in runs:
@@ -205,11 +241,17 @@ class Worker:
         task = self.tasks[run.task_id]
         ctx = RunContext(self.engine, run, self.id)
         attempt = Attempt(run=run, task=task, ctx=ctx)
+        previous = self.active.get(run.id)
+        if previous is not None:
+            # An older attempt of this run still runs here: its lease expired and the run was
+            # recovered and claimed again (by us). Stop it, or it would run on unobserved.
+            previous.stop(STOP_LEASE_LOST)
         self.active[run.id] = attempt
         with self._leases_lock:
             self._leases[run.id] = run.attempt
-        attempt.aio_task = asyncio.create_task(self._run_attempt(attempt),
-                                               name=f"perdure-run-{run.id}")
+        attempt.aio_task = asyncio.create_task(
+            self._run_attempt(attempt), name=f"perdure-run-{run.id}"
+        )
 
     # --- executing ---------------------------------------------------------------------------
 
@@ -220,36 +262,61 @@ class Worker:
         current_context.set(attempt.ctx)  # this asyncio task's own context
         try:
             outcome = await self._execute(attempt)
-        except asyncio.CancelledError:
-            outcome = None
+        except asyncio.CancelledError as exc:
+            this = asyncio.current_task()
+            if attempt.stop_reason is None and this is not None and this.cancelling() == 0:
+                # Raised by the task's own code (it awaited something that was cancelled),
+                # not a stop by the engine: an ordinary failure, not a lost worker.
+                outcome = self._failure(run, exc)
+            else:
+                outcome = None
         except Suspend as exc:
             suspend = exc
         except LeaseLost:
             attempt.stop_reason = attempt.stop_reason or STOP_LEASE_LOST
         except BaseException as exc:  # never let one attempt kill the worker
             log.exception("internal error running %s", run.id, extra=_extra(run, self.id))
-            outcome = Outcome(run.id, run.attempt, RunStatus.FAILED,
-                              error=ErrorInfo.from_exception(exc, retryable=False))
+            outcome = Outcome(
+                run.id,
+                run.attempt,
+                RunStatus.FAILED,
+                error=ErrorInfo.from_exception(exc, retryable=False),
+            )
         if attempt.stop_reason is None and (outcome is not None or suspend is not None):
             try:
                 await attempt.ctx._flush_events()  # pyright: ignore[reportPrivateUsage]
             except PerdureError as exc:
-                log.warning("could not record progress/metadata of %s: %s", run.id, exc,
-                            extra=_extra(run, self.id))
+                log.warning(
+                    "could not record progress/metadata of %s: %s",
+                    run.id,
+                    exc,
+                    extra=_extra(run, self.id),
+                )
         if suspend is not None and attempt.stop_reason is None:
             attempt.finishing = True
             try:
                 suspended = await self.storage.suspend(
-                    Fence(run.id, run.attempt, self.id), suspend.wait_positions,
-                    suspend.wake_at, self.clock.time())
+                    Fence(run.id, run.attempt, self.id),
+                    suspend.wait_positions,
+                    suspend.wake_at,
+                    self.clock.time(),
+                )
                 if suspended and suspend.wake_at is not None:
                     self.wake_at(suspend.wake_at)
                 if not suspended:
-                    log.warning("run %s attempt %d could not suspend: lease lost", run.id,
-                                run.attempt, extra=_extra(run, self.id))
+                    log.warning(
+                        "run %s attempt %d could not suspend: lease lost",
+                        run.id,
+                        run.attempt,
+                        extra=_extra(run, self.id),
+                    )
             except PerdureError as exc:
-                log.error("could not suspend %s: %s; the lease will expire and the run will "
-                          "be resumed", run.id, exc, extra=_extra(run, self.id))
+                log.error(
+                    "could not suspend %s: %s; the lease will expire and the run will be resumed",
+                    run.id,
+                    exc,
+                    extra=_extra(run, self.id),
+                )
         try:
             if attempt.stop_reason in (STOP_CANCELLED, STOP_LEASE_LOST):
                 outcome = None  # someone else owns the run now; our result must not land
@@ -259,20 +326,33 @@ class Worker:
                 if not applied:
                     log.warning(
                         "stale write rejected: run %s attempt %d is no longer leased to "
-                        "worker %s; its outcome (%s) was discarded", run.id, run.attempt,
-                        self.id, outcome.status.value, extra=_extra(run, self.id))
+                        "worker %s; its outcome (%s) was discarded",
+                        run.id,
+                        run.attempt,
+                        self.id,
+                        outcome.status.value,
+                        extra=_extra(run, self.id),
+                    )
             elif attempt.stop_reason == STOP_SHUTDOWN:
                 await self.storage.release_runs(self.id, [attempt.key], self.clock.time())
         except asyncio.CancelledError:
             pass
         except PerdureError as exc:
-            log.error("could not record the outcome of %s attempt %d: %s; the lease will "
-                      "expire and the run will be re-run", run.id, run.attempt, exc,
-                      extra=_extra(run, self.id))
+            log.error(
+                "could not record the outcome of %s attempt %d: %s; the lease will "
+                "expire and the run will be re-run",
+                run.id,
+                run.attempt,
+                exc,
+                extra=_extra(run, self.id),
+            )
         finally:
-            self.active.pop(run.id, None)
+            # A newer attempt of the same run may have replaced this one: leave its entries.
+            if self.active.get(run.id) is attempt:
+                del self.active[run.id]
             with self._leases_lock:
-                self._leases.pop(run.id, None)
+                if self._leases.get(run.id) == run.attempt:
+                    del self._leases[run.id]
             attempt.done.set()
             self._slot_freed.set()
             self._wake.set()
@@ -288,7 +368,9 @@ class Worker:
             text, _ = format_validation_error(exc)
             error = InputValidationError(
                 f"stored input of run {run.id} does not match task {task.id!r}'s input type "
-                f"{describe_type(task.input_codec.type)}: {text}", task_id=task.id)
+                f"{describe_type(task.input_codec.type)}: {text}",
+                task_id=task.id,
+            )
             return self._failure(run, error, retryable=False)
         timeout = run.timeout
         scope = asyncio.timeout(timeout)
@@ -300,36 +382,92 @@ class Worker:
                     # The thread runs in a copy of this context, so ctx-less helpers
                     # (trigger_and_wait_sync) find the current run.
                     call = functools.partial(contextvars.copy_context().run, task.fn, *args)
-                    result = await self._loop.run_in_executor(self._threads, call)
+                    result = await self._run_in_thread(call)
         except TimeoutError as exc:
             if not scope.expired():
                 return self._failure(run, exc)
-            ctx.cancelled.set()  # a sync body keeps running in its thread: ask it to stop
-            error = TaskTimeoutError(
-                f"run {run.id} of task {task.id!r} exceeded its timeout of {timeout:g}s "
-                f"(attempt {run.attempt})")
-            return Outcome(run.id, run.attempt, RunStatus.TIMED_OUT,
-                           error=ErrorInfo.from_exception(error, retryable=False))
+            return self._timed_out(attempt)
         except RunCancelledError as exc:
-            return Outcome(run.id, run.attempt, RunStatus.CANCELLED,
-                           error=ErrorInfo.from_exception(exc, retryable=False))
+            return Outcome(
+                run.id,
+                run.attempt,
+                RunStatus.CANCELLED,
+                error=ErrorInfo.from_exception(exc, retryable=False),
+            )
         except Exception as exc:
+            if scope.expired():  # the body turned the cancellation at its deadline into this
+                return self._timed_out(attempt)
             return self._failure(run, exc)
+        if scope.expired():  # the body swallowed the cancellation at its deadline
+            return self._timed_out(attempt)
         try:
             output_json = task.output_codec.dump_json(result)
         except SerializationErrors as exc:
             error = OutputValidationError(
                 f"task {task.id!r} returned {type(result).__name__}, which does not serialize "
-                f"as its declared output type {describe_type(task.output_codec.type)}: {exc}")
+                f"as its declared output type {describe_type(task.output_codec.type)}: {exc}"
+            )
             return self._failure(run, error, retryable=False)
         size = len(output_json.encode())
         if size > self.options.max_payload_bytes:
             error = OutputValidationError(
                 f"output of run {run.id} of task {task.id!r} is {size} bytes serialized; the "
                 f"limit is {self.options.max_payload_bytes} bytes (engine option "
-                "max_payload_bytes)")
+                "max_payload_bytes)"
+            )
             return self._failure(run, error, retryable=False)
         return Outcome(run.id, run.attempt, RunStatus.COMPLETED, output_json=output_json)
+
+    def _timed_out(self, attempt: Attempt) -> Outcome:
+        run = attempt.run
+        attempt.ctx.cancelled.set()  # a sync body keeps running in its thread: ask it to stop
+        error = TaskTimeoutError(
+            f"run {run.id} of task {attempt.task.id!r} exceeded its timeout of "
+            f"{run.timeout:g}s (attempt {run.attempt})"
+        )
+        return Outcome(
+            run.id,
+            run.attempt,
+            RunStatus.TIMED_OUT,
+            error=ErrorInfo.from_exception(error, retryable=False),
+        )
+
+    def _run_in_thread(self, call: Callable[[], Any]) -> asyncio.Future[Any]:
+        """Start a `def` body on a thread that is free now. A body abandoned at its timeout (or
+        at cancel/shutdown) keeps its thread until it returns; when the pool's threads are all
+        taken, the body gets a thread of its own instead of queueing behind them while its
+        timeout runs."""
+        loop = self._loop
+        future: asyncio.Future[Any] = loop.create_future()
+
+        def settle(result: Any, exc: BaseException | None) -> None:
+            if future.done():  # timed out or cancelled meanwhile: the result is ignored
+                return
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+        def body() -> None:
+            result, error = None, None
+            try:
+                result = call()
+            except BaseException as exc:
+                error = exc
+            finally:
+                with self._busy_lock:
+                    self._busy_threads -= 1
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+                loop.call_soon_threadsafe(settle, result, error)
+
+        with self._busy_lock:
+            self._busy_threads += 1
+            pooled = self._busy_threads <= self._pool_size
+        if pooled:
+            self._threads.submit(body)
+        else:
+            threading.Thread(target=body, name="perdure-task-extra", daemon=True).start()
+        return future
 
     def _failure(self, run: Run, exc: BaseException, *, retryable: bool | None = None) -> Outcome:
         if retryable is None:
@@ -342,12 +480,23 @@ class Worker:
             task = self.tasks[run.task_id]
             retry_at = self.clock.time() + task.retry.delay(failures)
             self.wake_at(retry_at)
-            log.info("run %s attempt %d failed (%s), retrying at +%.2fs", run.id, run.attempt,
-                     error.type, retry_at - self.clock.time(), extra=_extra(run, self.id))
-            return Outcome(run.id, run.attempt, RunStatus.RETRYING, error=error,
-                           retry_at=retry_at)
-        log.info("run %s failed on attempt %d: %s: %s", run.id, run.attempt, error.type,
-                 error.message, extra=_extra(run, self.id))
+            log.info(
+                "run %s attempt %d failed (%s), retrying at +%.2fs",
+                run.id,
+                run.attempt,
+                error.type,
+                retry_at - self.clock.time(),
+                extra=_extra(run, self.id),
+            )
+            return Outcome(run.id, run.attempt, RunStatus.RETRYING, error=error, retry_at=retry_at)
+        log.info(
+            "run %s failed on attempt %d: %s: %s",
+            run.id,
+            run.attempt,
+            error.type,
+            error.message,
+            extra=_extra(run, self.id),
+        )
         return Outcome(run.id, run.attempt, RunStatus.FAILED, error=error)
 
     # --- committing outcomes (group commit) --------------------------------------------------
@@ -368,16 +517,27 @@ class Worker:
             deadline = time.monotonic() + self.options.lease
             while results is None:
                 try:
-                    results = await self.storage.finish_attempts(self.id, outcomes,
-                                                                 self.clock.time())
-                except PerdureError as exc:
-                    if time.monotonic() + delay > deadline:
+                    results = await self.storage.finish_attempts(
+                        self.id, outcomes, self.clock.time()
+                    )
+                except Exception as exc:
+                    if not isinstance(exc, PerdureError) or time.monotonic() + delay > deadline:
+                        if not isinstance(exc, PerdureError):
+                            log.exception(
+                                "committing %d outcomes failed",
+                                len(batch),
+                                extra={"worker_id": self.id},
+                            )
                         for _, future in batch:
                             if not future.done():
                                 future.set_exception(exc)
                         break
-                    log.warning("committing %d outcomes failed, retrying: %s", len(batch), exc,
-                                extra={"worker_id": self.id})
+                    log.warning(
+                        "committing %d outcomes failed, retrying: %s",
+                        len(batch),
+                        exc,
+                        extra={"worker_id": self.id},
+                    )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)
             if results is not None:
@@ -401,9 +561,13 @@ class Worker:
             attempt = self.active.get(run_id)
             if attempt is None or attempt.run.attempt != attempt_no or attempt.finishing:
                 continue
-            log.warning("run %s attempt %d is no longer leased to this worker (cancelled or "
-                        "recovered elsewhere); stopping it", run_id, attempt_no,
-                        extra=_extra(attempt.run, self.id))
+            log.warning(
+                "run %s attempt %d is no longer leased to this worker (cancelled or "
+                "recovered elsewhere); stopping it",
+                run_id,
+                attempt_no,
+                extra=_extra(attempt.run, self.id),
+            )
             attempt.stop(STOP_LEASE_LOST)
 
     async def _maintenance_loop(self) -> None:
@@ -417,12 +581,15 @@ class Worker:
         each row changes under a conditional UPDATE, so concurrent sweepers don't collide)."""
         try:
             now = self.clock.time()
-            recovered = await self.storage.recover_expired_leases(
-                now, self.options.max_lost_leases)
+            recovered = await self.storage.recover_expired_leases(now, self.options.max_lost_leases)
             for run in recovered:
-                log.warning("recovered run %s from a lost lease (%d lost so far) -> %s",
-                            run.id, run.lost_leases, run.status.value,
-                            extra=_extra(run, self.id))
+                log.warning(
+                    "recovered run %s from a lost lease (%d lost so far) -> %s",
+                    run.id,
+                    run.lost_leases,
+                    run.status.value,
+                    extra=_extra(run, self.id),
+                )
                 if run.status.is_terminal:
                     self.engine._attempt_finished(run.id)  # pyright: ignore[reportPrivateUsage]
             await self.storage.wake_missed(now)
@@ -434,5 +601,4 @@ class Worker:
 
 
 def _extra(run: Run, worker: str) -> dict[str, Any]:
-    return {"run_id": run.id, "task_id": run.task_id, "attempt": run.attempt,
-            "worker_id": worker}
+    return {"run_id": run.id, "task_id": run.task_id, "attempt": run.attempt, "worker_id": worker}

@@ -207,39 +207,61 @@ class PostgresDatabase(Database):
             # transaction still open, so a failed block never leaks state to the next user.
             await pool.putconn(conn)
 
+    async def _begin(self, conn: Connection, lock_key: int | None) -> bool:
+        """Open a transaction on `conn`; False when the connection turned out broken."""
+        try:
+            await conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+            if lock_key is not None:
+                # Held until COMMIT: migrators run one at a time, whatever the process.
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key,))
+        except psycopg.Error as exc:
+            await _rollback_quietly(conn)
+            if conn.broken:
+                log.warning("discarding a broken PostgreSQL connection: %s", exc)
+                return False
+            raise StorageError(f"PostgreSQL BEGIN failed: {exc}") from exc
+        return True
+
     @asynccontextmanager
     async def _transaction(self, lock_key: int | None = None) -> AsyncGenerator[Tx]:
-        async with self._checkout() as conn:
-            tx = PostgresTx(conn, self._queries)
-            try:
-                await conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
-                if lock_key is not None:
-                    # Held until COMMIT: migrators run one after another, whatever the process.
-                    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key,))
-            except psycopg.Error as exc:
-                await _rollback_quietly(conn)
-                raise StorageError(f"PostgreSQL BEGIN failed: {exc}") from exc
-            try:
-                yield tx
-            except BaseException:
-                await _rollback_quietly(conn)
-                raise
-            if conn.info.transaction_status == TransactionStatus.INERROR:
-                # PostgreSQL would turn this COMMIT into a silent ROLLBACK.
-                await _rollback_quietly(conn)
-                raise StorageError(
-                    "PostgreSQL transaction was aborted by an earlier failed statement and "
-                    "has been rolled back; nothing was written"
-                )
-            try:
-                if tx.notifications:
-                    payload = encode_notifications(self.origin, tx.notifications)
-                    await conn.execute("SELECT pg_notify(%s, %s)", (self.channel, payload))
-                await conn.commit()
-            except psycopg.Error as exc:
-                await _rollback_quietly(conn)
-                raise StorageError(f"PostgreSQL COMMIT failed: {exc}") from exc
+        # A pooled connection found broken at BEGIN (e.g. after a PostgreSQL restart) goes
+        # back to the pool, which discards it, and the next one is tried: nothing ran on it.
+        for _ in range(self.max_size + 1):
+            async with self._checkout() as conn:
+                if not await self._begin(conn, lock_key):
+                    continue
+                tx = PostgresTx(conn, self._queries)
+                try:
+                    yield tx
+                except BaseException:
+                    await _rollback_quietly(conn)
+                    raise
+                await self._commit(conn, tx)
+            break
+        else:
+            raise StorageError(
+                f"PostgreSQL BEGIN failed on {self.max_size + 1} connections in a row; "
+                f"is the server at {redact_url(self.url)} up?"
+            )
         self._dispatch(tx.notifications)
+
+    async def _commit(self, conn: Connection, tx: PostgresTx) -> None:
+        if conn.info.transaction_status == TransactionStatus.INERROR:
+            # PostgreSQL would turn this COMMIT into a silent ROLLBACK.
+            await _rollback_quietly(conn)
+            raise StorageError(
+                "PostgreSQL transaction was aborted by an earlier failed statement and "
+                "has been rolled back; nothing was written"
+            )
+        try:
+            if tx.notifications:
+                # One NOTIFY per transaction: NOTIFY serializes commits on a global lock.
+                payload = encode_notifications(self.origin, tx.notifications)
+                await conn.execute("SELECT pg_notify(%s, %s)", (self.channel, payload))
+            await conn.commit()
+        except psycopg.Error as exc:
+            await _rollback_quietly(conn)
+            raise StorageError(f"PostgreSQL COMMIT failed: {exc}") from exc
 
     @asynccontextmanager
     async def _autocommit(self) -> AsyncGenerator[Tx]:

@@ -70,8 +70,13 @@ class Fence:
         self.worker_id = worker_id
 
     def params(self, now: float, n_events: int) -> dict[str, Any]:
-        return {"id": self.run_id, "attempt": self.attempt, "worker_id": self.worker_id,
-                "now": now, "n_events": n_events}
+        return {
+            "id": self.run_id,
+            "attempt": self.attempt,
+            "worker_id": self.worker_id,
+            "now": now,
+            "n_events": n_events,
+        }
 
 
 class StepStore:
@@ -84,8 +89,14 @@ class StepStore:
             rows = await tx.fetchall("load_steps", {"run_id": run_id})
         return [row_to_step(row) for row in rows]
 
-    async def record_steps(self, fence: Fence, steps: Sequence[StepRecord], now: float,
-                           *, children: Sequence[NewRun] = ()) -> bool:
+    async def record_steps(
+        self,
+        fence: Fence,
+        steps: Sequence[StepRecord],
+        now: float,
+        *,
+        children: Sequence[NewRun] = (),
+    ) -> bool:
         """Record durable calls (and create child runs) atomically, fenced on the attempt.
         `False`: the attempt lost its lease or the position was already taken; nothing
         was written."""
@@ -102,8 +113,12 @@ class StepStore:
             events = EventLog()
             first = bumped["event_seq"] - n_events + 1
             for i, step in enumerate(steps):
-                data: dict[str, Any] = {"position": step.position, "kind": step.kind,
-                                        "name": step.name, "status": step.status}
+                data: dict[str, Any] = {
+                    "position": step.position,
+                    "kind": step.kind,
+                    "name": step.name,
+                    "status": step.status,
+                }
                 if step.child_run_id:
                     data["child_run_id"] = step.child_run_id
                 if step.token_id:
@@ -113,15 +128,23 @@ class StepStore:
                 events.add(fence.run_id, first + i, f"{step.kind}_recorded", now, **data)
             for child in children:
                 await tx.execute("insert_run", Storage._insert_params(child, now))  # pyright: ignore[reportPrivateUsage]
-                events.add(child.id, 1, "created", now, status=child.status.value,
-                           queue=child.queue, parent_id=fence.run_id)
+                events.add(
+                    child.id,
+                    1,
+                    "created",
+                    now,
+                    status=child.status.value,
+                    queue=child.queue,
+                    parent_id=fence.run_id,
+                )
             await events.flush(tx)
             if children:
                 tx.notify(CHANNEL_WORK)
         return True
 
-    async def suspend(self, fence: Fence, wait_positions: Sequence[int],
-                      wake_at: float | None, now: float) -> bool:
+    async def suspend(
+        self, fence: Fence, wait_positions: Sequence[int], wake_at: float | None, now: float
+    ) -> bool:
         """Release the slot and wait. Wakes at `wake_at`, or at once if every waitpoint in
         `wait_positions` has already settled (a completion that raced the suspension)."""
         from perdure.storage.store import EventLog
@@ -129,45 +152,66 @@ class StepStore:
         async with self.db.transaction() as tx:
             available_at = wake_at
             if wait_positions:
-                rows = await tx.fetchall("lock_waitpoints", {"run_id": fence.run_id,
-                                                             "positions": list(wait_positions)})
+                rows = await tx.fetchall(
+                    "lock_waitpoints", {"run_id": fence.run_id, "positions": list(wait_positions)}
+                )
                 if rows and all(row["status"] != STEP_PENDING for row in rows):
                     available_at = now
-            row = await tx.fetchone("suspend_run", {**fence.params(now, 1),
-                                                    "available_at": available_at})
+            row = await tx.fetchone(
+                "suspend_run", {**fence.params(now, 1), "available_at": available_at}
+            )
             if row is None:
                 return False
             events = EventLog()
-            events.add(fence.run_id, row["event_seq"], "suspended", now, status="suspended",
-                       attempt=fence.attempt, wake_at=available_at,
-                       waiting_for=list(wait_positions))
+            events.add(
+                fence.run_id,
+                row["event_seq"],
+                "suspended",
+                now,
+                status="suspended",
+                attempt=fence.attempt,
+                wake_at=available_at,
+                waiting_for=list(wait_positions),
+            )
             await events.flush(tx)
             if available_at is not None and available_at <= now:
                 tx.notify(CHANNEL_WORK)
         return True
 
-    async def complete_token(self, token_id: str, output_json: str | None,
-                             error: ErrorInfo | None, now: float
-                             ) -> tuple[StepRecord | None, bool]:
+    async def complete_token(
+        self, token_id: str, output_json: str | None, error: ErrorInfo | None, now: float
+    ) -> tuple[StepRecord | None, bool]:
         """Complete a wait token; the first completion wins. Returns `(record, changed)`;
         `record` is None for an unknown token."""
         from perdure.storage.store import EventLog
 
         async with self.db.transaction() as tx:
-            row = await tx.fetchone("complete_token", {
-                "token_id": token_id, "now": now, "output": output_json,
-                "status": STEP_FAILED if error is not None else STEP_COMPLETED,
-                "error": None if error is None else dumps(error.to_json()),
-            })
+            row = await tx.fetchone(
+                "complete_token",
+                {
+                    "token_id": token_id,
+                    "now": now,
+                    "output": output_json,
+                    "status": STEP_FAILED if error is not None else STEP_COMPLETED,
+                    "error": None if error is None else dumps(error.to_json()),
+                },
+            )
             if row is not None:
                 woke = await tx.fetchone("wake_run", {"id": row["run_id"], "now": now})
-                seq_row = woke or await tx.fetchone("bump_event_seq",
-                                                    {"id": row["run_id"], "n_events": 1})
+                seq_row = woke or await tx.fetchone(
+                    "bump_event_seq", {"id": row["run_id"], "n_events": 1}
+                )
                 if seq_row is not None:
                     events = EventLog()
-                    events.add(row["run_id"], seq_row["event_seq"], "token_completed", now,
-                               token_id=token_id, position=row["position"],
-                               ok=error is None)
+                    events.add(
+                        row["run_id"],
+                        seq_row["event_seq"],
+                        "token_completed",
+                        now,
+                        token_id=token_id,
+                        position=row["position"],
+                        ok=error is None,
+                    )
                     await events.flush(tx)
                 if woke is not None:
                     tx.notify(CHANNEL_WORK)
@@ -183,8 +227,9 @@ class StepStore:
         from perdure.storage.store import EventLog
 
         async with self.db.transaction() as tx:
-            row = await tx.fetchone("update_metadata", {**fence.params(now, 1),
-                                                        "metadata": dumps(metadata)})
+            row = await tx.fetchone(
+                "update_metadata", {**fence.params(now, 1), "metadata": dumps(metadata)}
+            )
             if row is None:
                 return False
             events = EventLog()
@@ -192,8 +237,9 @@ class StepStore:
             await events.flush(tx)
         return True
 
-    async def append_events(self, fence: Fence, events_data: Sequence[tuple[str, dict[str, Any]]],
-                            now: float) -> bool:
+    async def append_events(
+        self, fence: Fence, events_data: Sequence[tuple[str, dict[str, Any]]], now: float
+    ) -> bool:
         """Progress and log lines of a running attempt, as events (fenced)."""
         from perdure.storage.store import EventLog
 
@@ -210,28 +256,67 @@ class StepStore:
             await events.flush(tx)
         return True
 
+    async def fork_run(self, new_run: NewRun, source_run_id: str, upto: int, now: float) -> None:
+        """Create `new_run` with the source's step records before position `upto` (one
+        transaction), so its body replays them instead of running them again."""
+        from perdure.storage.store import EventLog, Storage
+
+        async with self.db.transaction() as tx:
+            await tx.execute("insert_run", Storage._insert_params(new_run, now))  # pyright: ignore[reportPrivateUsage]
+            await tx.execute(
+                "copy_steps",
+                {
+                    "new_run_id": new_run.id,
+                    "now": now,
+                    "source_run_id": source_run_id,
+                    "upto": upto,
+                },
+            )
+            events = EventLog()
+            events.add(
+                new_run.id,
+                1,
+                "created",
+                now,
+                status=new_run.status.value,
+                queue=new_run.queue,
+                forked_from=source_run_id,
+                reused_steps=upto,
+            )
+            await events.flush(tx)
+            tx.notify(CHANNEL_WORK)
+
     async def wake_missed(self, now: float, limit: int = 100) -> list[str]:
         """Safety sweep: suspended runs with nothing pending and no wake-up time resume."""
         from perdure.storage.store import EventLog
 
         woken: list[str] = []
         events = EventLog()
+        async with self.db.reader() as tx:
+            if not await tx.fetchall("select_missed_wakeups", {"limit": 1}):
+                return []
         async with self.db.transaction() as tx:
             rows = await tx.fetchall("select_missed_wakeups", {"limit": limit})
             for row in rows:
                 woke = await tx.fetchone("wake_run", {"id": row["id"], "now": now})
                 if woke is not None:
                     woken.append(row["id"])
-                    events.add(row["id"], woke["event_seq"], "resumed", now,
-                               reason="safety sweep: nothing left pending")
+                    events.add(
+                        row["id"],
+                        woke["event_seq"],
+                        "resumed",
+                        now,
+                        reason="safety sweep: nothing left pending",
+                    )
             await events.flush(tx)
             if woken:
                 tx.notify(CHANNEL_WORK)
         return woken
 
 
-async def settle_child_waits(tx: Tx, settled: Sequence[tuple[str, dict[str, Any]]],
-                             now: float) -> list[str]:
+async def settle_child_waits(
+    tx: Tx, settled: Sequence[tuple[str, dict[str, Any]]], now: float
+) -> list[str]:
     """In the transaction that finishes child runs: record each child's settled result on
     its parent's waitpoint and wake parents whose whole batch has settled (same commit, so a
     parent can never miss its wake-up)."""
@@ -240,15 +325,24 @@ async def settle_child_waits(tx: Tx, settled: Sequence[tuple[str, dict[str, Any]
     woken: list[str] = []
     events = EventLog()
     for child_run_id, result in settled:
-        rows = await tx.fetchall("settle_child_waits", {"child_run_id": child_run_id,
-                                                        "output": dumps(result), "now": now})
+        rows = await tx.fetchall(
+            "settle_child_waits",
+            {"child_run_id": child_run_id, "output": dumps(result), "now": now},
+        )
         for row in rows:
-            woke = await tx.fetchone("wake_if_settled", {"id": row["run_id"],
-                                                         "batch": row["batch"], "now": now})
+            woke = await tx.fetchone(
+                "wake_if_settled", {"id": row["run_id"], "batch": row["batch"], "now": now}
+            )
             if woke is not None:
                 woken.append(row["run_id"])
-                events.add(row["run_id"], woke["event_seq"], "resumed", now,
-                           reason="children settled", batch=row["batch"])
+                events.add(
+                    row["run_id"],
+                    woke["event_seq"],
+                    "resumed",
+                    now,
+                    reason="children settled",
+                    batch=row["batch"],
+                )
     await events.flush(tx)
     if woken:
         tx.notify(CHANNEL_WORK)

@@ -25,8 +25,8 @@ from perdure.storage.database import (
     Tx,
 )
 from perdure.storage.queries import load_migrations
-from perdure.storage.steps import StepStore, settle_child_waits
 from perdure.storage.rows import dumps, row_to_event, row_to_run, row_to_task
+from perdure.storage.steps import StepStore, settle_child_waits
 
 log = logging.getLogger("perdure.storage")
 
@@ -53,8 +53,9 @@ class EventLog:
 _FAILURES = frozenset({RunStatus.RETRYING, RunStatus.FAILED})
 
 
-def _settled_result(status: RunStatus, output_json: str | None,
-                    error: ErrorInfo | None) -> dict[str, Any]:
+def _settled_result(
+    status: RunStatus, output_json: str | None, error: ErrorInfo | None
+) -> dict[str, Any]:
     """A child's settled result as its parent's waitpoint records it."""
     return {
         "status": status.value,
@@ -325,8 +326,9 @@ class Storage(StepStore):
                     continue
                 applied[idx] = True
                 if not retrying and row["parent_id"] is not None:
-                    settled.append((out.run_id, _settled_result(out.status, out.output_json,
-                                                                out.error)))
+                    settled.append(
+                        (out.run_id, _settled_result(out.status, out.output_json, out.error))
+                    )
                 first = row["event_seq"] - len(new_events) + 1
                 for i, (type_, data) in enumerate(new_events):
                     events.add(out.run_id, first + i, type_, now, **data)
@@ -441,6 +443,10 @@ class Storage(StepStore):
     ) -> list[Run]:
         """Runs whose worker stopped heartbeating go back to the queue through the normal
         claim path; after `max_lost_leases` losses the run fails instead (a dead letter)."""
+        # Look before taking the write lock: idle workers sweep often and usually find nothing.
+        async with self.db.reader() as tx:
+            if not await tx.fetchall("select_expired_leases", {"now": now, "limit": 1}):
+                return []
         recovered: list[str] = []
         events = EventLog()
         async with self.db.transaction() as tx:
@@ -512,6 +518,9 @@ class Storage(StepStore):
             retryable=False,
             message="the run's ttl passed before any worker started it",
         )
+        async with self.db.reader() as tx:
+            if not await tx.fetchall("select_expired_ttl", {"now": now, "limit": 1}):
+                return []
         async with self.db.transaction() as tx:
             rows = await tx.fetchall("select_expired_ttl", {"now": now, "limit": limit})
             for row in rows:

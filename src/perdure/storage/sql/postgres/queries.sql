@@ -36,7 +36,9 @@ WHERE task_id = %(task_id)s AND idempotency_key = %(idempotency_key)s
 
 -- name: claim_runs
 -- SKIP LOCKED: concurrent claimers lock disjoint rows and never wait on each other. The CTE is
--- MATERIALIZED so its LIMIT is evaluated once; store.py still checks the row count.
+-- MATERIALIZED so its LIMIT is evaluated once; store.py still checks the row count. The status
+-- is checked on the locked row (available_at is set exactly while a run waits), which keeps
+-- the planner on the partial claim index alone.
 WITH due AS MATERIALIZED (
     SELECT id FROM perdure_runs
     WHERE available_at IS NOT NULL
@@ -44,7 +46,6 @@ WITH due AS MATERIALIZED (
       AND queue = ANY(%(queues)s::text[])
       AND task_id = ANY(%(task_ids)s::text[])
       AND (expires_at IS NULL OR expires_at > %(now)s OR started_at IS NOT NULL)
-      AND status = ANY(%(from_statuses)s::text[])
     ORDER BY priority DESC, available_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -59,7 +60,7 @@ SET status = 'running',
     updated_at = %(now)s,
     event_seq = r.event_seq + 1
 FROM due
-WHERE r.id = due.id
+WHERE r.id = due.id AND r.status = ANY(%(from_statuses)s::text[])
 RETURNING r.*;
 
 -- name: extend_leases
@@ -99,10 +100,11 @@ SET status = %(status)s,
     available_at = %(available_at)s,
     finished_at = %(finished_at)s,
     updated_at = %(now)s,
+    failures = failures + %(failed)s,
     event_seq = event_seq + %(n_events)s
 WHERE id = %(id)s AND attempt = %(attempt)s AND lease_owner = %(worker_id)s
   AND status = ANY(%(from_statuses)s::text[])
-RETURNING event_seq;
+RETURNING event_seq, parent_id;
 
 -- name: cancel_run
 UPDATE perdure_runs
@@ -140,7 +142,7 @@ SET status = %(status)s,
     event_seq = event_seq + %(n_events)s
 WHERE id = %(id)s AND attempt = %(attempt)s AND lease_owner = %(worker_id)s
   AND status = 'running' AND lease_expires_at < %(now)s
-RETURNING event_seq;
+RETURNING event_seq, parent_id;
 
 -- name: select_expired_ttl
 -- SKIP LOCKED: a run a worker is claiming right now is left to the claim (which re-checks TTL).
@@ -161,7 +163,7 @@ SET status = 'expired',
     event_seq = event_seq + 1
 WHERE id = %(id)s AND started_at IS NULL
   AND status = ANY(%(from_statuses)s::text[])
-RETURNING event_seq;
+RETURNING event_seq, parent_id;
 
 -- name: get_run
 SELECT * FROM perdure_runs WHERE id = %(id)s;
@@ -210,3 +212,117 @@ SELECT version FROM perdure_migrations ORDER BY version;
 -- name: record_migration
 INSERT INTO perdure_migrations (version, name, applied_at)
 VALUES (%(version)s, %(name)s, to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'));
+
+-- name: fence_and_bump
+-- Fenced on the running attempt's lease; reserves `n_events` event numbers. Every durable
+-- write of a running attempt starts here, so a stale worker's write stops at this row.
+UPDATE perdure_runs
+SET event_seq = event_seq + %(n_events)s, updated_at = %(now)s
+WHERE id = %(id)s AND attempt = %(attempt)s AND lease_owner = %(worker_id)s
+  AND status = 'running'
+RETURNING event_seq;
+
+-- name: load_steps
+SELECT * FROM perdure_steps WHERE run_id = %(run_id)s ORDER BY position;
+
+-- name: insert_step
+INSERT INTO perdure_steps (run_id, position, kind, name, status, output, error, wake_at,
+                           token_id, child_run_id, batch, attempt, created_at, completed_at)
+VALUES (%(run_id)s, %(position)s, %(kind)s, %(name)s, %(status)s, %(output)s, %(error)s,
+        %(wake_at)s, %(token_id)s, %(child_run_id)s, %(batch)s, %(attempt)s, %(now)s,
+        %(completed_at)s)
+ON CONFLICT DO NOTHING
+RETURNING position;
+
+-- name: lock_waitpoints
+-- Row locks (in position order) make suspend and a completion serialize: whichever commits
+-- second sees the other's write, so a completion racing the suspension still wakes the run.
+SELECT position, status FROM perdure_steps
+WHERE run_id = %(run_id)s AND position = ANY(%(positions)s::integer[])
+ORDER BY position
+FOR UPDATE;
+
+-- name: suspend_run
+UPDATE perdure_runs
+SET status = 'suspended',
+    lease_owner = NULL,
+    lease_expires_at = NULL,
+    available_at = %(available_at)s,
+    updated_at = %(now)s,
+    event_seq = event_seq + 1
+WHERE id = %(id)s AND attempt = %(attempt)s AND lease_owner = %(worker_id)s
+  AND status = 'running'
+RETURNING event_seq;
+
+-- name: complete_token
+-- A concurrent completion of the same token waits on the row, then finds it settled.
+UPDATE perdure_steps
+SET status = %(status)s, output = %(output)s, error = %(error)s, completed_at = %(now)s
+WHERE token_id = %(token_id)s AND status = 'pending'
+RETURNING run_id, position;
+
+-- name: get_token
+SELECT * FROM perdure_steps WHERE token_id = %(token_id)s;
+
+-- name: settle_child_waits
+-- Also locks the parent run before returning, so the wake_if_settled that follows takes its
+-- snapshot only after any sibling settling concurrently has committed: of two siblings
+-- finishing at once, the second always sees the first one settled and wakes the parent.
+WITH settled AS (
+    UPDATE perdure_steps
+    SET status = 'completed', output = %(output)s, completed_at = %(now)s
+    WHERE child_run_id = %(child_run_id)s AND status = 'pending'
+    RETURNING run_id, batch
+), parents AS (
+    SELECT r.id FROM perdure_runs AS r
+    WHERE r.id IN (SELECT run_id FROM settled)
+    ORDER BY r.id
+    FOR NO KEY UPDATE
+)
+SELECT s.run_id, s.batch FROM settled AS s JOIN parents AS p ON p.id = s.run_id;
+
+-- name: wake_if_settled
+-- Wake a suspended run once no waitpoint of the batch it waits on is pending.
+UPDATE perdure_runs
+SET available_at = %(now)s, updated_at = %(now)s, event_seq = event_seq + 1
+WHERE id = %(id)s AND status = 'suspended'
+  AND NOT EXISTS (SELECT 1 FROM perdure_steps
+                  WHERE run_id = %(id)s AND batch = %(batch)s AND status = 'pending')
+RETURNING event_seq;
+
+-- name: wake_run
+UPDATE perdure_runs
+SET available_at = %(now)s, updated_at = %(now)s, event_seq = event_seq + 1
+WHERE id = %(id)s AND status = 'suspended'
+RETURNING event_seq;
+
+-- name: bump_event_seq
+UPDATE perdure_runs SET event_seq = event_seq + %(n_events)s WHERE id = %(id)s
+RETURNING event_seq;
+
+-- name: select_missed_wakeups
+-- Safety net: suspended runs with no wake-up time and nothing left pending. SKIP LOCKED lets
+-- concurrent sweepers split the work; wake_run re-checks the status anyway.
+SELECT r.id FROM perdure_runs AS r
+WHERE r.status = 'suspended' AND r.available_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM perdure_steps AS s
+                  WHERE s.run_id = r.id AND s.status = 'pending')
+LIMIT %(limit)s
+FOR UPDATE OF r SKIP LOCKED;
+
+-- name: update_metadata
+UPDATE perdure_runs
+SET metadata = %(metadata)s, updated_at = %(now)s, event_seq = event_seq + 1
+WHERE id = %(id)s AND attempt = %(attempt)s AND lease_owner = %(worker_id)s
+  AND status = 'running'
+RETURNING event_seq;
+
+-- name: copy_steps
+-- fork: the new run starts with the source's settled records before `upto`; child links
+-- are dropped (the child belongs to the source run) but their settled results are kept.
+INSERT INTO perdure_steps (run_id, position, kind, name, status, output, error, wake_at,
+                           token_id, child_run_id, batch, attempt, created_at, completed_at)
+SELECT %(new_run_id)s, position, kind, name, status, output, error, wake_at, NULL, NULL, batch,
+       0, %(now)s, %(now)s
+FROM perdure_steps
+WHERE run_id = %(source_run_id)s AND position < %(upto)s;

@@ -44,7 +44,8 @@ WHERE id IN (
     WHERE available_at IS NOT NULL
       AND available_at <= :now
       AND queue IN (SELECT value FROM json_each(:queues))
-      AND task_id IN (SELECT value FROM json_each(:task_ids))
+      -- unary + keeps the planner on the claim index (not the per-task listing index)
+      AND +task_id IN (SELECT value FROM json_each(:task_ids))
       AND (expires_at IS NULL OR expires_at > :now OR started_at IS NOT NULL)
     ORDER BY priority DESC, available_at, id
     LIMIT :limit
@@ -262,3 +263,13 @@ LIMIT :limit;
 UPDATE perdure_runs SET metadata = :metadata, updated_at = :now, event_seq = event_seq + 1
 WHERE id = :id AND attempt = :attempt AND lease_owner = :worker_id AND status = 'running'
 RETURNING event_seq;
+
+-- name: copy_steps
+-- fork: the new run starts with the source's settled records before `upto`; child links
+-- are dropped (the child belongs to the source run) but their settled results are kept.
+INSERT INTO perdure_steps (run_id, position, kind, name, status, output, error, wake_at,
+                           token_id, child_run_id, batch, attempt, created_at, completed_at)
+SELECT :new_run_id, position, kind, name, status, output, error, wake_at, NULL, NULL, batch,
+       0, :now, :now
+FROM perdure_steps
+WHERE run_id = :source_run_id AND position < :upto;
