@@ -11,9 +11,11 @@ replay) on any worker when its waitpoint settles.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import typing
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -317,11 +319,22 @@ def _replayed(record: StepRecord, codec: Any) -> Any:
     return codec.load(record.output)
 
 
+_RETURN_TYPES: weakref.WeakKeyDictionary[Callable[..., Any], Any] = weakref.WeakKeyDictionary()
+
+
 def _return_type(fn: Callable[..., Any]) -> Any:
+    """The annotated return type of a step function (cached: steps are the hot path)."""
     try:
-        return typing.get_type_hints(fn).get("return", Any)
+        return _RETURN_TYPES[fn]
+    except (KeyError, TypeError):
+        pass
+    try:
+        found: Any = typing.get_type_hints(fn).get("return", Any)
     except Exception:  # unresolvable annotations: keep the raw JSON value
-        return Any
+        found = Any
+    with contextlib.suppress(TypeError):  # not weak-referenceable: just don't cache
+        _RETURN_TYPES[fn] = found
+    return found
 
 
 def _call_in_context(
