@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
+from perdure.core.errors import InvalidOptionError
 from perdure.core.models import Run
 from perdure.core.retry import RetryPolicy
 from perdure.engine.durable import Durable, Token, duration, timestamp
@@ -221,6 +222,4 @@ class RunContext:
 def _retry(value: Any) -> RetryPolicy | None:
     if value is None or isinstance(value, RetryPolicy):
         return value
-    from perdure.core.errors import InvalidOptionError
-
     raise InvalidOptionError("retry", "a RetryPolicy", value)

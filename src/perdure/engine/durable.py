@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from perdure.core.errors import (
     ErrorInfo,
+    InvalidOptionError,
     NonDeterminismError,
     NonRetryableError,
     OutputValidationError,
@@ -31,11 +32,11 @@ from perdure.core.errors import (
     TokenTimeoutError,
 )
 from perdure.core.ids import new_id
-from perdure.core.ids import run_id as new_run_id
 from perdure.core.models import NewRun, Run, RunResult, StepRecord
 from perdure.core.retry import RetryPolicy, to_seconds
 from perdure.core.serialization import SerializationErrors, codec_for, describe_type
 from perdure.core.statuses import RunStatus
+from perdure.storage import Storage
 from perdure.storage.steps import STEP_COMPLETED, STEP_FAILED, STEP_PENDING, Fence
 
 if TYPE_CHECKING:
@@ -93,8 +94,11 @@ class Durable:
         self.recorded: dict[int, StepRecord] | None = None
 
     @property
-    def storage(self) -> Any:
-        return self.ctx.engine._storage  # pyright: ignore[reportPrivateUsage]
+    def storage(self) -> Storage:
+        storage = self.ctx.engine._storage  # pyright: ignore[reportPrivateUsage]
+        if storage is None:  # the engine closed under a running attempt
+            raise LeaseLost(f"run {self.run.id}: the engine's connection is closed")
+        return storage
 
     @property
     def now(self) -> float:
@@ -346,8 +350,6 @@ def _call_in_context(
 
 def _check_name(name: str) -> None:
     if not isinstance(name, str) or not name:
-        from perdure.core.errors import InvalidOptionError
-
         raise InvalidOptionError("name", "a non-empty step name", name)
 
 
@@ -357,11 +359,5 @@ def duration(value: float | timedelta, option: str = "duration") -> float:
 
 def timestamp(when: datetime) -> float:
     if when.tzinfo is None:
-        from perdure.core.errors import InvalidOptionError
-
         raise InvalidOptionError("when", "a timezone-aware datetime", when)
     return when.timestamp()
-
-
-def new_child_id(now: float) -> str:
-    return new_run_id(now)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -629,6 +630,4 @@ def _qualname(fn: Callable[..., Any]) -> str:
 
 
 def _json_text(value: Any) -> str:
-    import json
-
     return json.dumps(value, separators=(",", ":"), default=str)

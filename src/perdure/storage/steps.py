@@ -15,6 +15,7 @@ from perdure.core.errors import ErrorInfo
 from perdure.core.models import NewRun, StepRecord
 from perdure.storage.database import CHANNEL_WORK, Database, Row, Tx
 from perdure.storage.rows import dumps, loads_json
+from perdure.storage.writes import EventLog, run_insert_params
 
 STEP_PENDING = "pending"
 STEP_COMPLETED = "completed"
@@ -100,8 +101,6 @@ class StepStore:
         """Record durable calls (and create child runs) atomically, fenced on the attempt.
         `False`: the attempt lost its lease or the position was already taken; nothing
         was written."""
-        from perdure.storage.store import EventLog, Storage
-
         n_events = len(steps)
         async with self.db.transaction() as tx:
             bumped = await tx.fetchone("fence_and_bump", fence.params(now, n_events))
@@ -127,7 +126,7 @@ class StepStore:
                     data["error"] = step.error.to_json()
                 events.add(fence.run_id, first + i, f"{step.kind}_recorded", now, **data)
             for child in children:
-                await tx.execute("insert_run", Storage._insert_params(child, now))  # pyright: ignore[reportPrivateUsage]
+                await tx.execute("insert_run", run_insert_params(child, now))
                 events.add(
                     child.id,
                     1,
@@ -147,8 +146,6 @@ class StepStore:
     ) -> bool:
         """Release the slot and wait. Wakes at `wake_at`, or at once if every waitpoint in
         `wait_positions` has already settled (a completion that raced the suspension)."""
-        from perdure.storage.store import EventLog
-
         async with self.db.transaction() as tx:
             available_at = wake_at
             if wait_positions:
@@ -183,8 +180,6 @@ class StepStore:
     ) -> tuple[StepRecord | None, bool]:
         """Complete a wait token; the first completion wins. Returns `(record, changed)`;
         `record` is None for an unknown token."""
-        from perdure.storage.store import EventLog
-
         async with self.db.transaction() as tx:
             row = await tx.fetchone(
                 "complete_token",
@@ -224,8 +219,6 @@ class StepStore:
         return None if row is None else row_to_step(row)
 
     async def update_metadata(self, fence: Fence, metadata: dict[str, Any], now: float) -> bool:
-        from perdure.storage.store import EventLog
-
         async with self.db.transaction() as tx:
             row = await tx.fetchone(
                 "update_metadata", {**fence.params(now, 1), "metadata": dumps(metadata)}
@@ -241,8 +234,6 @@ class StepStore:
         self, fence: Fence, events_data: Sequence[tuple[str, dict[str, Any]]], now: float
     ) -> bool:
         """Progress and log lines of a running attempt, as events (fenced)."""
-        from perdure.storage.store import EventLog
-
         if not events_data:
             return True
         async with self.db.transaction() as tx:
@@ -259,10 +250,8 @@ class StepStore:
     async def fork_run(self, new_run: NewRun, source_run_id: str, upto: int, now: float) -> None:
         """Create `new_run` with the source's step records before position `upto` (one
         transaction), so its body replays them instead of running them again."""
-        from perdure.storage.store import EventLog, Storage
-
         async with self.db.transaction() as tx:
-            await tx.execute("insert_run", Storage._insert_params(new_run, now))  # pyright: ignore[reportPrivateUsage]
+            await tx.execute("insert_run", run_insert_params(new_run, now))
             await tx.execute(
                 "copy_steps",
                 {
@@ -288,8 +277,6 @@ class StepStore:
 
     async def wake_missed(self, now: float, limit: int = 100) -> list[str]:
         """Safety sweep: suspended runs with nothing pending and no wake-up time resume."""
-        from perdure.storage.store import EventLog
-
         woken: list[str] = []
         events = EventLog()
         async with self.db.reader() as tx:
@@ -320,8 +307,6 @@ async def settle_child_waits(
     """In the transaction that finishes child runs: record each child's settled result on
     its parent's waitpoint and wake parents whose whole batch has settled (same commit, so a
     parent can never miss its wake-up)."""
-    from perdure.storage.store import EventLog
-
     woken: list[str] = []
     events = EventLog()
     for child_run_id, result in settled:

@@ -22,32 +22,16 @@ from perdure.storage.database import (
     CHANNEL_WORK,
     Database,
     Listener,
-    Tx,
 )
 from perdure.storage.queries import load_migrations
 from perdure.storage.rows import dumps, row_to_event, row_to_run, row_to_task
 from perdure.storage.steps import StepStore, settle_child_waits
+from perdure.storage.writes import EventLog, run_insert_params
 
 log = logging.getLogger("perdure.storage")
 
 _RUNNING = (RunStatus.RUNNING.value,)
 _CLAIM_SOURCES = sources_of(RunStatus.RUNNING)
-
-
-class EventLog:
-    """Collects the events of one transaction and inserts them in one `executemany`."""
-
-    def __init__(self) -> None:
-        self.rows: list[dict[str, Any]] = []
-
-    def add(self, run_id: str, seq: int, type_: str, at: float, **data: Any) -> None:
-        self.rows.append(
-            {"run_id": run_id, "seq": seq, "type": type_, "at": at, "data": dumps(data)}
-        )
-
-    async def flush(self, tx: Tx) -> None:
-        await tx.executemany("insert_event", self.rows)
-        self.rows.clear()
 
 
 _FAILURES = frozenset({RunStatus.RETRYING, RunStatus.FAILED})
@@ -148,7 +132,7 @@ class Storage(StepStore):
                     if existing is not None:
                         results.append((row_to_run(existing), False))
                         continue
-                inserted = await tx.fetchone("insert_run", self._insert_params(new, now))
+                inserted = await tx.fetchone("insert_run", run_insert_params(new, now))
                 if inserted is None:  # lost a race on the idempotency key
                     key = {"task_id": new.task_id, "idempotency_key": new.idempotency_key}
                     existing = await tx.fetchone("find_idempotent_run", key)
@@ -167,32 +151,8 @@ class Storage(StepStore):
         return results
 
     @staticmethod
-    def _insert_params(new: NewRun, now: float) -> dict[str, Any]:
-        return {
-            "id": new.id,
-            "task_id": new.task_id,
-            "queue": new.queue,
-            "status": new.status.value,
-            "priority": new.priority,
-            "input": new.input_json,
-            "max_attempts": new.max_attempts,
-            "timeout": new.timeout,
-            "version": new.version,
-            "available_at": new.available_at,
-            "expires_at": new.expires_at,
-            "idempotency_key": new.idempotency_key,
-            "idempotency_expires_at": new.idempotency_expires_at,
-            "concurrency_key": new.concurrency_key,
-            "tags": dumps(new.tags),
-            "metadata": dumps(new.metadata),
-            "parent_id": new.parent_id,
-            "root_id": new.root_id or new.id,
-            "now": now,
-        }
-
-    @staticmethod
     def _fresh_run(new: NewRun, now: float) -> Run:
-        params = Storage._insert_params(new, now)
+        params = run_insert_params(new, now)
         row: dict[str, Any] = {
             **params,
             "output": None,

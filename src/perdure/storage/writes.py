@@ -1,0 +1,51 @@
+"""Write helpers shared by every storage aggregate: insert parameters of a run and the events
+one transaction appends."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from perdure.core.models import NewRun
+from perdure.storage.database import Tx
+from perdure.storage.rows import dumps
+
+
+class EventLog:
+    """Collects the events of one transaction and inserts them in one `executemany`."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, run_id: str, seq: int, type_: str, at: float, **data: Any) -> None:
+        self.rows.append(
+            {"run_id": run_id, "seq": seq, "type": type_, "at": at, "data": dumps(data)}
+        )
+
+    async def flush(self, tx: Tx) -> None:
+        await tx.executemany("insert_event", self.rows)
+        self.rows.clear()
+
+
+def run_insert_params(new: NewRun, now: float) -> dict[str, Any]:
+    """Parameters of `insert_run` for a new run."""
+    return {
+        "id": new.id,
+        "task_id": new.task_id,
+        "queue": new.queue,
+        "status": new.status.value,
+        "priority": new.priority,
+        "input": new.input_json,
+        "max_attempts": new.max_attempts,
+        "timeout": new.timeout,
+        "version": new.version,
+        "available_at": new.available_at,
+        "expires_at": new.expires_at,
+        "idempotency_key": new.idempotency_key,
+        "idempotency_expires_at": new.idempotency_expires_at,
+        "concurrency_key": new.concurrency_key,
+        "tags": dumps(new.tags),
+        "metadata": dumps(new.metadata),
+        "parent_id": new.parent_id,
+        "root_id": new.root_id or new.id,
+        "now": now,
+    }
