@@ -8,8 +8,10 @@ from perdure.core.clock import Clock, ManualClock, SystemClock
 from perdure.core.errors import (
     BackpressureError,
     ConfigurationError,
+    DuplicateRunError,
     DuplicateTaskError,
     ErrorInfo,
+    FinalizeFailedError,
     InputValidationError,
     InvalidOptionError,
     NonDeterminismError,
@@ -41,22 +43,40 @@ from perdure.engine.durable import Token
 from perdure.engine.engine import Engine
 from perdure.engine.handle import RunHandle
 from perdure.engine.task import Task
+from perdure.engine.trees import (
+    ChildResult,
+    ChildSpec,
+    FinalizeInput,
+    LoopOutput,
+    LoopResult,
+    Parent,
+    SleepingTask,
+    child,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackpressureError",
+    "ChildResult",
+    "ChildSpec",
     "Clock",
     "ConfigurationError",
+    "DuplicateRunError",
     "DuplicateTaskError",
     "Engine",
     "ErrorInfo",
+    "FinalizeFailedError",
+    "FinalizeInput",
     "InputValidationError",
     "InvalidOptionError",
+    "LoopOutput",
+    "LoopResult",
     "ManualClock",
     "NonDeterminismError",
     "NonRetryableError",
     "OutputValidationError",
+    "Parent",
     "PayloadTooLargeError",
     "PerdureError",
     "RateLimitedError",
@@ -74,6 +94,7 @@ __all__ = [
     "RunResult",
     "RunStatus",
     "RunTimedOutError",
+    "SleepingTask",
     "StepFailedError",
     "StorageError",
     "SyncInAsyncError",
@@ -86,4 +107,5 @@ __all__ = [
     "TokenTimeoutError",
     "WorkerLostError",
     "__version__",
+    "child",
 ]

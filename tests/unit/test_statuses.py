@@ -50,10 +50,13 @@ EXPECTED_TRANSITIONS: dict[str, set[str]] = {
         "queued",
         "suspended",
         "waiting_for_children",
+        "waiting_for_finalize",
+        "finalize_failed",
     },
     "retrying": {"running", "cancelled", "queued"},
     "suspended": {"running", "queued", "cancelled", "failed", "timed_out"},
     "waiting_for_children": {
+        "running",
         "queued",
         "waiting_for_finalize",
         "completed",
@@ -62,7 +65,14 @@ EXPECTED_TRANSITIONS: dict[str, set[str]] = {
         "failed",
         "timed_out",
     },
-    "waiting_for_finalize": {"completed", "finalize_failed", "cancelled", "failed", "timed_out"},
+    "waiting_for_finalize": {
+        "running",
+        "completed",
+        "finalize_failed",
+        "cancelled",
+        "failed",
+        "timed_out",
+    },
     "completed": set(),
     "failed": set(),
     "timed_out": set(),
@@ -130,9 +140,17 @@ def test_sources_of_is_consistent_with_transitions(target: str) -> None:
 def test_sources_of_claim_and_expiry() -> None:
     # Storage claims runs `WHERE status IN sources_of(RUNNING)` and expires by TTL the same way.
     # A suspended run is claimed once its wake-up is due.
-    assert sources_of(RunStatus.RUNNING) == ("delayed", "queued", "retrying", "suspended")
+    # A waiting run (suspended, or a parent whose children settled) is claimed once woken.
+    assert sources_of(RunStatus.RUNNING) == (
+        "delayed",
+        "queued",
+        "retrying",
+        "suspended",
+        "waiting_for_children",
+        "waiting_for_finalize",
+    )
     assert set(sources_of(RunStatus.RUNNING)) == {s.value for s in CLAIMABLE_STATUSES} | {
-        "suspended"
+        s.value for s in WAITING_STATUSES
     }
     assert sources_of(RunStatus.EXPIRED) == ("delayed", "queued")
     assert sources_of(RunStatus.CANCELLED) == (

@@ -50,6 +50,10 @@ class DuplicateTaskError(ConfigurationError):
     """Two tasks were defined with the same id on one engine."""
 
 
+class DuplicateRunError(PerdureError):
+    """A run with this unique id already exists (sleeping tasks); nothing was stored."""
+
+
 class TaskNotFoundError(PerdureError, LookupError):
     """No task with this id is defined (or registered by any worker)."""
 
@@ -75,6 +79,10 @@ class PayloadTooLargeError(InputValidationError):
 
 class OutputValidationError(NonRetryableError):
     """A task returned a value that does not serialize to its declared output type."""
+
+
+class FinalizeFailedError(NonRetryableError):
+    """A parent's finalize (or a sequence/loop step) failed: the run ends `finalize_failed`."""
 
 
 class NonDeterminismError(NonRetryableError):

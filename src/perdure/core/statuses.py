@@ -57,6 +57,8 @@ TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
             S.QUEUED,  # lease lost or released at shutdown: back in line
             S.SUSPENDED,
             S.WAITING_FOR_CHILDREN,
+            S.WAITING_FOR_FINALIZE,
+            S.FINALIZE_FAILED,  # a finalize function failed
         }
     ),
     # A retry keeps the run's place: TTL no longer applies once it has started.
@@ -64,8 +66,11 @@ TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
     # A suspended run whose wake-up is due (sleep over, token or child settled) is claimed
     # directly, like a due delayed run.
     S.SUSPENDED: frozenset({S.RUNNING, S.QUEUED, S.CANCELLED, S.FAILED, S.TIMED_OUT}),
+    # Once its children (or its finalize task) settle, a waiting parent is claimed again to
+    # carry on (run finalize, or complete), exactly like a woken suspended run.
     S.WAITING_FOR_CHILDREN: frozenset(
         {
+            S.RUNNING,
             S.QUEUED,
             S.WAITING_FOR_FINALIZE,
             S.COMPLETED,
@@ -76,7 +81,7 @@ TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
         }
     ),
     S.WAITING_FOR_FINALIZE: frozenset(
-        {S.COMPLETED, S.FINALIZE_FAILED, S.CANCELLED, S.FAILED, S.TIMED_OUT}
+        {S.RUNNING, S.COMPLETED, S.FINALIZE_FAILED, S.CANCELLED, S.FAILED, S.TIMED_OUT}
     ),
     S.COMPLETED: frozenset(),
     S.FAILED: frozenset(),

@@ -54,10 +54,16 @@ current_context: contextvars.ContextVar[RunContext] = contextvars.ContextVar("pe
 class Suspend(BaseException):
     """Unwinds a task body that must wait; task code must not catch it (BaseException)."""
 
-    def __init__(self, wait_positions: Sequence[int], wake_at: float | None) -> None:
+    def __init__(
+        self,
+        wait_positions: Sequence[int],
+        wake_at: float | None,
+        status: RunStatus = RunStatus.SUSPENDED,
+    ) -> None:
         super().__init__("run suspended")
         self.wait_positions = list(wait_positions)
         self.wake_at = wake_at
+        self.status = status
 
 
 class LeaseLost(BaseException):
@@ -271,7 +277,18 @@ class Durable:
     async def trigger_and_wait(
         self, task: Task[Any, T], inputs: Sequence[Any], options: TriggerOptions
     ) -> list[RunResult[T]]:
-        n = len(inputs)
+        results = await self.spawn_and_wait([(task, value) for value in inputs], options)
+        return typing.cast(list[RunResult[T]], results)
+
+    async def spawn_and_wait(
+        self,
+        children: Sequence[tuple[Task[Any, Any], Any]],
+        options: TriggerOptions,
+        status: RunStatus = RunStatus.SUSPENDED,
+    ) -> list[RunResult[Any]]:
+        """Start child runs (one transaction, at consecutive positions) and wait, as `status`,
+        until all have settled; their results come back in order, failed ones included."""
+        n = len(children)
         if n == 0:
             return []
         limit = self.ctx.engine.options.max_children
@@ -282,20 +299,25 @@ class Durable:
             )
         first = self.reserve(n)
         positions = list(range(first, first + n))
-        records = [await self.lookup(p, "child", task.id) for p in positions]
+        records = [
+            await self.lookup(p, "child", task.id)
+            for p, (task, _) in zip(positions, children, strict=True)
+        ]
         if all(r is None for r in records):
-            children = self.ctx.engine._new_runs(  # pyright: ignore[reportPrivateUsage]
-                task, inputs, options, parent=self.run
-            )
+            engine = self.ctx.engine
+            new_runs = [
+                engine._new_runs(task, [value], options, parent=self.run)[0]  # pyright: ignore[reportPrivateUsage]
+                for task, value in children
+            ]
             steps = [
                 self._step(p, "child", task.id, STEP_PENDING, child_run_id=c.id, batch=first)
-                for p, c in zip(positions, children, strict=True)
+                for p, (task, _), c in zip(positions, children, new_runs, strict=True)
             ]
-            await self.record(steps, children)
-            raise Suspend(positions, None)
+            await self.record(steps, new_runs)
+            raise Suspend(positions, None, status)
         if any(r is None or r.status == STEP_PENDING for r in records):
-            raise Suspend(positions, None)
-        return [_child_result(r, task) for r in records if r is not None]
+            raise Suspend(positions, None, status)
+        return [_child_result(r, task) for r, (task, _) in zip(records, children, strict=True) if r]
 
 
 def _child_result(record: StepRecord, task: Task[Any, T]) -> RunResult[T]:

@@ -12,6 +12,7 @@ from typing import Any, Protocol, TypeVar, overload
 
 from perdure.core.clock import Clock
 from perdure.core.errors import (
+    DuplicateRunError,
     DuplicateTaskError,
     ErrorInfo,
     InvalidOptionError,
@@ -30,6 +31,16 @@ from perdure.engine.context import RunContext
 from perdure.engine.handle import RunHandle
 from perdure.engine.sync import Portal, run_sync
 from perdure.engine.task import Task, TriggerOptions
+from perdure.engine.trees import (
+    LoopOutput,
+    SleepingTask,
+    make_loop,
+    make_parent_task,
+    make_sequence,
+    make_sleeping_task,
+    sleeping_token_id,
+    sleeping_token_step,
+)
 from perdure.engine.worker import Worker
 from perdure.storage import (
     CHANNEL_CANCEL,
@@ -132,18 +143,122 @@ class Engine:
         """Declare a task: `@engine.task(id="resize")` on `async def fn(ctx, input)` or `def`."""
 
         def decorator(fn: Callable[..., Any]) -> Task[Any, Any]:
-            if id in self._tasks:
-                raise DuplicateTaskError(
-                    f"task id {id!r} is already defined on this engine (by "
-                    f"{_qualname(self._tasks[id].fn)}); task ids must be unique"
-                )
-            task: Task[Any, Any] = Task(
-                self, fn, id=id, queue=queue, timeout=timeout, retry=retry, version=version
+            return self._register(
+                Task(self, fn, id=id, queue=queue, timeout=timeout, retry=retry, version=version)
             )
-            self._tasks[id] = task
-            return task
 
         return decorator  # type: ignore[return-value]
+
+    def _register(self, task: Task[Any, Any]) -> Task[Any, Any]:
+        if task.id in self._tasks:
+            raise DuplicateTaskError(
+                f"task id {task.id!r} is already defined on this engine (by "
+                f"{_qualname(self._tasks[task.id].fn)}); task ids must be unique"
+            )
+        self._tasks[task.id] = task
+        return task
+
+    def parent_task(
+        self,
+        *,
+        id: str,
+        finalize: Callable[..., Any] | Task[Any, Any] | None = None,
+        queue: str = "default",
+        timeout: float | timedelta | None = None,
+        retry: RetryPolicy | None = None,
+        version: str | None = None,
+    ) -> Callable[[Callable[..., Any]], Task[Any, Any]]:
+        """Declare a parent task: its function returns `Parent(output=..., children=[...])`;
+        the children run in parallel, then `finalize` (a function `(ctx, FinalizeInput)` or a
+        task) combines every child's settled result. Without finalize the parent's output is
+        `{"output": ..., "children": [ChildResult, ...]}`."""
+
+        def decorator(fn: Callable[..., Any]) -> Task[Any, Any]:
+            return self._register(
+                make_parent_task(
+                    self,
+                    fn,
+                    id=id,
+                    finalize=finalize,
+                    queue=queue,
+                    timeout=timeout,
+                    retry=retry,
+                    version=version,
+                )
+            )
+
+        return decorator
+
+    def sequence(self, id: str, tasks: Sequence[Task[Any, Any]]) -> Task[Any, Any]:
+        """A task that runs `tasks` one after another, each output the next one's input."""
+        return self._register(make_sequence(self, id, tasks))
+
+    def loop(
+        self,
+        id: str,
+        iteration_task: Task[Any, Any],
+        max_iterations: int,
+        sleep: float | timedelta = 0.0,
+    ) -> Task[Any, LoopOutput[Any]]:
+        """A task that runs `iteration_task` until it returns `LoopResult(done=True, ...)`,
+        sleeping `sleep` between iterations; gives `LoopOutput(success=False)` after
+        `max_iterations`."""
+        return self._register(make_loop(self, id, iteration_task, max_iterations, sleep))
+
+    def sleeping_task(
+        self, *, id: str, timeout: float | timedelta, queue: str = "default", output: Any = Any
+    ) -> SleepingTask[Any]:
+        """A task whose run (input: a unique id) waits until `engine.wakeup(task, unique_id,
+        completed=...)` or `failed=...`, or `timed_out` after `timeout`."""
+        task = make_sleeping_task(self, id, timeout, queue, output)
+        self._register(task)
+        return task
+
+    async def wakeup(
+        self,
+        task: SleepingTask[Any] | str,
+        unique_id: str,
+        *,
+        completed: Any = None,
+        failed: str | None = None,
+    ) -> Run:
+        """Wake a sleeping task's run with its output (or fail it with `failed=`). A run that
+        already finished is returned unchanged; an unknown id raises RunNotFoundError."""
+        task_id = task if isinstance(task, str) else task.id
+        token_id = sleeping_token_id(task_id, unique_id)
+        try:
+            record = await self.complete_token(token_id, completed, error=failed)
+        except TokenNotFoundError:
+            raise RunNotFoundError(f"{task_id}:{unique_id}") from None
+        return await self.get_run(record.run_id)
+
+    def wakeup_sync(
+        self,
+        task: SleepingTask[Any] | str,
+        unique_id: str,
+        *,
+        completed: Any = None,
+        failed: str | None = None,
+    ) -> Run:
+        return run_sync(
+            self,
+            "wakeup_sync",
+            lambda: self.wakeup(task, unique_id, completed=completed, failed=failed),
+        )
+
+    async def children(self, run_id: str) -> list[Run]:
+        """The run's direct children, oldest first."""
+        runs: list[Run] = []
+        cursor: str | None = None
+        while True:
+            page = await self.list_runs(parent_id=run_id, limit=1000, cursor=cursor)
+            runs.extend(page.runs)
+            if page.next_cursor is None:
+                return runs[::-1]
+            cursor = page.next_cursor
+
+    def children_sync(self, run_id: str) -> list[Run]:
+        return run_sync(self, "children_sync", lambda: self.children(run_id))
 
     @property
     def tasks(self) -> dict[str, Task[Any, Any]]:
@@ -298,11 +413,28 @@ class Engine:
         storage = await self._ensure_open()
         now = self.clock.time()
         new_runs = self._new_runs(task, inputs, options, now=now)
+        if isinstance(task, SleepingTask):
+            return await self._create_sleeping(task, inputs, new_runs, now)
         results = await storage.create_runs(new_runs, now)
         if self._worker is not None and new_runs and new_runs[0].status is RunStatus.DELAYED:
             self._worker.wake_at(new_runs[0].available_at)
         out_codec = task.output_codec if isinstance(task, Task) else None
         return [RunHandle(self, run.id, out_codec) for run, _ in results]
+
+    async def _create_sleeping(
+        self, task: SleepingTask[Out], inputs: Sequence[Any], new_runs: list[NewRun], now: float
+    ) -> list[RunHandle[Out]]:
+        storage = await self._ensure_open()
+        handles: list[RunHandle[Out]] = []
+        for unique_id, new_run in zip(inputs, new_runs, strict=True):
+            token = sleeping_token_step(new_run.id, task.id, unique_id, now + task.sleep_timeout)
+            if not await storage.create_run_with_steps(new_run, [token], now):
+                raise DuplicateRunError(
+                    f"sleeping task {task.id!r} already has a run for unique id {unique_id!r}; "
+                    "unique ids identify one run each (wake it with engine.wakeup)"
+                )
+            handles.append(RunHandle(self, new_run.id, task.output_codec))
+        return handles
 
     def _new_runs(
         self,

@@ -116,6 +116,7 @@ class Task(Generic[In, Out]):
         timeout: float | timedelta | None = None,
         retry: RetryPolicy | None = None,
         version: str | None = None,
+        types: tuple[Any, Any] | None = None,
     ) -> None:
         if not isinstance(id, str) or not _TASK_ID.match(id):
             raise InvalidOptionError(
@@ -135,7 +136,9 @@ class Task(Generic[In, Out]):
         self.retry = retry or DEFAULT_RETRY
         self.version = version
         self.is_async = inspect.iscoroutinefunction(fn)
-        in_type, out_type, self.takes_input = _signature_types(fn, id)
+        in_type, out_type, self.takes_input = signature_types(fn, id)
+        if types is not None:  # built-in kinds (parent, sequence, loop) declare their types
+            in_type, out_type = types
         self.input_codec: Codec[In] = _codec(in_type, id, "input")
         self.output_codec: Codec[Out] = _codec(out_type, id, "output")
 
@@ -260,7 +263,7 @@ async def _with_context(ctx: RunContext, awaitable: Awaitable[T]) -> T:
         current_context.reset(token)
 
 
-def _signature_types(fn: Callable[..., Any], task_id: str) -> tuple[Any, Any, bool]:
+def signature_types(fn: Callable[..., Any], task_id: str) -> tuple[Any, Any, bool]:
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError) as exc:

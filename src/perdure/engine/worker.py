@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from perdure.core.errors import (
     ErrorInfo,
+    FinalizeFailedError,
     InputValidationError,
     NonRetryableError,
     OutputValidationError,
@@ -300,6 +301,7 @@ class Worker:
                     suspend.wait_positions,
                     suspend.wake_at,
                     self.clock.time(),
+                    suspend.status,
                 )
                 if suspended and suspend.wake_at is not None:
                     self.wake_at(suspend.wake_at)
@@ -387,6 +389,20 @@ class Worker:
             if not scope.expired():
                 return self._failure(run, exc)
             return self._timed_out(attempt)
+        except FinalizeFailedError as exc:
+            return Outcome(
+                run.id,
+                run.attempt,
+                RunStatus.FINALIZE_FAILED,
+                error=ErrorInfo.from_exception(exc, retryable=False),
+            )
+        except TaskTimeoutError as exc:  # a sleeping task's timeout, raised by its body
+            return Outcome(
+                run.id,
+                run.attempt,
+                RunStatus.TIMED_OUT,
+                error=ErrorInfo.from_exception(exc, retryable=False),
+            )
         except RunCancelledError as exc:
             return Outcome(
                 run.id,

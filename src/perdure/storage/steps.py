@@ -13,13 +13,24 @@ from typing import Any
 
 from perdure.core.errors import ErrorInfo
 from perdure.core.models import NewRun, StepRecord
-from perdure.storage.database import CHANNEL_WORK, Database, Row, Tx
+from perdure.core.statuses import WAITING_STATUSES, RunStatus, sources_of
+from perdure.storage.database import (
+    CHANNEL_CANCEL,
+    CHANNEL_FINISHED,
+    CHANNEL_WORK,
+    Database,
+    Row,
+    Tx,
+)
 from perdure.storage.rows import dumps, loads_json
 from perdure.storage.writes import EventLog, run_insert_params
 
 STEP_PENDING = "pending"
 STEP_COMPLETED = "completed"
 STEP_FAILED = "failed"
+
+#: Statuses a run waits in; a settled waitpoint makes such a run claimable again.
+WAITING = sorted(s.value for s in WAITING_STATUSES)
 
 
 def row_to_step(row: Row) -> StepRecord:
@@ -142,10 +153,18 @@ class StepStore:
         return True
 
     async def suspend(
-        self, fence: Fence, wait_positions: Sequence[int], wake_at: float | None, now: float
+        self,
+        fence: Fence,
+        wait_positions: Sequence[int],
+        wake_at: float | None,
+        now: float,
+        status: RunStatus = RunStatus.SUSPENDED,
     ) -> bool:
-        """Release the slot and wait. Wakes at `wake_at`, or at once if every waitpoint in
+        """Release the slot and wait (as `status`: suspended, or a parent waiting for children
+        or its finalize task). Wakes at `wake_at`, or at once if every waitpoint in
         `wait_positions` has already settled (a completion that raced the suspension)."""
+        if status not in WAITING_STATUSES:
+            raise ValueError(f"cannot suspend into status {status.value!r}")
         async with self.db.transaction() as tx:
             available_at = wake_at
             if wait_positions:
@@ -155,7 +174,8 @@ class StepStore:
                 if rows and all(row["status"] != STEP_PENDING for row in rows):
                     available_at = now
             row = await tx.fetchone(
-                "suspend_run", {**fence.params(now, 1), "available_at": available_at}
+                "suspend_run",
+                {**fence.params(now, 1), "available_at": available_at, "status": status.value},
             )
             if row is None:
                 return False
@@ -165,7 +185,7 @@ class StepStore:
                 row["event_seq"],
                 "suspended",
                 now,
-                status="suspended",
+                status=status.value,
                 attempt=fence.attempt,
                 wake_at=available_at,
                 waiting_for=list(wait_positions),
@@ -192,7 +212,9 @@ class StepStore:
                 },
             )
             if row is not None:
-                woke = await tx.fetchone("wake_run", {"id": row["run_id"], "now": now})
+                woke = await tx.fetchone(
+                    "wake_run", {"id": row["run_id"], "now": now, "waiting": WAITING}
+                )
                 seq_row = woke or await tx.fetchone(
                     "bump_event_seq", {"id": row["run_id"], "n_events": 1}
                 )
@@ -275,17 +297,40 @@ class StepStore:
             await events.flush(tx)
             tx.notify(CHANNEL_WORK)
 
+    async def create_run_with_steps(
+        self, new_run: NewRun, steps: Sequence[StepRecord], now: float
+    ) -> bool:
+        """Insert a run together with step records it starts with (a sleeping task's token),
+        in one transaction. `False`, with nothing stored, when a record's token id is taken."""
+        try:
+            async with self.db.transaction() as tx:
+                await tx.execute("insert_run", run_insert_params(new_run, now))
+                for step in steps:
+                    if await tx.fetchone("insert_step", _step_params(step, now)) is None:
+                        raise _PositionTaken
+                events = EventLog()
+                events.add(
+                    new_run.id, 1, "created", now, status=new_run.status.value, queue=new_run.queue
+                )
+                await events.flush(tx)
+                tx.notify(CHANNEL_WORK)
+        except _PositionTakenError:
+            return False
+        return True
+
     async def wake_missed(self, now: float, limit: int = 100) -> list[str]:
         """Safety sweep: suspended runs with nothing pending and no wake-up time resume."""
         woken: list[str] = []
         events = EventLog()
         async with self.db.reader() as tx:
-            if not await tx.fetchall("select_missed_wakeups", {"limit": 1}):
+            if not await tx.fetchall("select_missed_wakeups", {"limit": 1, "waiting": WAITING}):
                 return []
         async with self.db.transaction() as tx:
-            rows = await tx.fetchall("select_missed_wakeups", {"limit": limit})
+            rows = await tx.fetchall("select_missed_wakeups", {"limit": limit, "waiting": WAITING})
             for row in rows:
-                woke = await tx.fetchone("wake_run", {"id": row["id"], "now": now})
+                woke = await tx.fetchone(
+                    "wake_run", {"id": row["id"], "now": now, "waiting": WAITING}
+                )
                 if woke is not None:
                     woken.append(row["id"])
                     events.add(
@@ -315,8 +360,19 @@ async def settle_child_waits(
             {"child_run_id": child_run_id, "output": dumps(result), "now": now},
         )
         for row in rows:
+            bumped = await tx.fetchone("bump_event_seq", {"id": row["run_id"], "n_events": 1})
+            if bumped is not None:
+                events.add(
+                    row["run_id"],
+                    bumped["event_seq"],
+                    "child_settled",
+                    now,
+                    child_run_id=child_run_id,
+                    child_status=result["status"],
+                )
             woke = await tx.fetchone(
-                "wake_if_settled", {"id": row["run_id"], "batch": row["batch"], "now": now}
+                "wake_if_settled",
+                {"id": row["run_id"], "batch": row["batch"], "now": now, "waiting": WAITING},
             )
             if woke is not None:
                 woken.append(row["run_id"])
@@ -332,6 +388,30 @@ async def settle_child_waits(
     if woken:
         tx.notify(CHANNEL_WORK)
     return woken
+
+
+async def cancel_descendants(tx: Tx, parent_ids: Sequence[str], now: float, reason: str) -> None:
+    """Cancel every unfinished run below these (now finished) runs, at any depth, in the same
+    transaction. Their workers learn of it through the `cancel` notification or their
+    heartbeat's ownership check, like any cancellation."""
+    if not parent_ids:
+        return
+    error = ErrorInfo(type="RunCancelledError", message=reason, retryable=False)
+    rows = await tx.fetchall(
+        "cancel_descendants",
+        {
+            "ids": list(parent_ids),
+            "now": now,
+            "error": dumps(error.to_json()),
+            "from_statuses": sources_of(RunStatus.CANCELLED),
+        },
+    )
+    events = EventLog()
+    for row in rows:
+        events.add(row["id"], row["event_seq"], "cancelled", now, status="cancelled", reason=reason)
+        tx.notify(CHANNEL_CANCEL, row["id"])
+        tx.notify(CHANNEL_FINISHED, row["id"])
+    await events.flush(tx)
 
 
 class _PositionTakenError(Exception):

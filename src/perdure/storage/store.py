@@ -25,7 +25,7 @@ from perdure.storage.database import (
 )
 from perdure.storage.queries import load_migrations
 from perdure.storage.rows import dumps, row_to_event, row_to_run, row_to_task
-from perdure.storage.steps import StepStore, settle_child_waits
+from perdure.storage.steps import StepStore, cancel_descendants, settle_child_waits
 from perdure.storage.writes import EventLog, run_insert_params
 
 log = logging.getLogger("perdure.storage")
@@ -35,6 +35,10 @@ _CLAIM_SOURCES = sources_of(RunStatus.RUNNING)
 
 
 _FAILURES = frozenset({RunStatus.RETRYING, RunStatus.FAILED})
+#: Ending in one of these cancels the run's unfinished descendants.
+_STOPS_SUBTREE = frozenset(
+    {RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.CANCELLED, RunStatus.FINALIZE_FAILED}
+)
 
 
 def _settled_result(
@@ -299,6 +303,12 @@ class Storage(StepStore):
             await events.flush(tx)
             if settled:
                 await settle_child_waits(tx, settled, now)
+            ended_badly = [
+                out.run_id
+                for out, ok in zip(outcomes, applied, strict=True)
+                if ok and out.status in _STOPS_SUBTREE
+            ]
+            await cancel_descendants(tx, ended_badly, now, "the parent run ended without success")
             for run_id in finished:
                 tx.notify(CHANNEL_FINISHED, run_id)
             if work:
@@ -394,6 +404,7 @@ class Storage(StepStore):
             if row["parent_id"] is not None:
                 result = _settled_result(RunStatus.CANCELLED, None, error)
                 await settle_child_waits(tx, [(run_id, result)], now)
+            await cancel_descendants(tx, [run_id], now, f"an ancestor run was cancelled: {reason}")
             tx.notify(CHANNEL_CANCEL, run_id)
             tx.notify(CHANNEL_FINISHED, run_id)
         return row_to_run(row), True
@@ -463,6 +474,9 @@ class Storage(StepStore):
                     if updated["parent_id"] is not None:
                         result = _settled_result(RunStatus.FAILED, None, error)
                         await settle_child_waits(tx, [(row["id"], result)], now)
+                    await cancel_descendants(
+                        tx, [row["id"]], now, "the parent run failed: its worker was lost"
+                    )
             await events.flush(tx)
             if recovered:
                 tx.notify(CHANNEL_WORK)

@@ -244,7 +244,7 @@ FOR UPDATE;
 
 -- name: suspend_run
 UPDATE perdure_runs
-SET status = 'suspended',
+SET status = %(status)s,
     lease_owner = NULL,
     lease_expires_at = NULL,
     available_at = %(available_at)s,
@@ -285,7 +285,7 @@ SELECT s.run_id, s.batch FROM settled AS s JOIN parents AS p ON p.id = s.run_id;
 -- Wake a suspended run once no waitpoint of the batch it waits on is pending.
 UPDATE perdure_runs
 SET available_at = %(now)s, updated_at = %(now)s, event_seq = event_seq + 1
-WHERE id = %(id)s AND status = 'suspended'
+WHERE id = %(id)s AND status = ANY(%(waiting)s)
   AND NOT EXISTS (SELECT 1 FROM perdure_steps
                   WHERE run_id = %(id)s AND batch = %(batch)s AND status = 'pending')
 RETURNING event_seq;
@@ -293,7 +293,7 @@ RETURNING event_seq;
 -- name: wake_run
 UPDATE perdure_runs
 SET available_at = %(now)s, updated_at = %(now)s, event_seq = event_seq + 1
-WHERE id = %(id)s AND status = 'suspended'
+WHERE id = %(id)s AND status = ANY(%(waiting)s)
 RETURNING event_seq;
 
 -- name: bump_event_seq
@@ -304,7 +304,7 @@ RETURNING event_seq;
 -- Safety net: suspended runs with no wake-up time and nothing left pending. SKIP LOCKED lets
 -- concurrent sweepers split the work; wake_run re-checks the status anyway.
 SELECT r.id FROM perdure_runs AS r
-WHERE r.status = 'suspended' AND r.available_at IS NULL
+WHERE r.status = ANY(%(waiting)s) AND r.available_at IS NULL
   AND NOT EXISTS (SELECT 1 FROM perdure_steps AS s
                   WHERE s.run_id = r.id AND s.status = 'pending')
 LIMIT %(limit)s
@@ -326,3 +326,30 @@ SELECT %(new_run_id)s, position, kind, name, status, output, error, wake_at, NUL
        0, %(now)s, %(now)s
 FROM perdure_steps
 WHERE run_id = %(source_run_id)s AND position < %(upto)s;
+
+-- name: cancel_descendants
+-- Every unfinished run below a finished parent, at any depth, is cancelled in the parent's
+-- transaction: the whole subtree stops at once, not one level per poll. Rows are locked in id
+-- order so two cascades over overlapping subtrees cannot deadlock.
+WITH RECURSIVE subtree(id) AS (
+    SELECT id FROM perdure_runs WHERE parent_id = ANY(%(ids)s)
+    UNION
+    SELECT r.id FROM perdure_runs AS r JOIN subtree AS s ON r.parent_id = s.id
+), locked AS (
+    SELECT r.id FROM perdure_runs AS r
+    WHERE r.id IN (SELECT id FROM subtree) AND r.status = ANY(%(from_statuses)s)
+    ORDER BY r.id
+    FOR NO KEY UPDATE
+)
+UPDATE perdure_runs AS r
+SET status = 'cancelled',
+    error = %(error)s,
+    lease_owner = NULL,
+    lease_expires_at = NULL,
+    available_at = NULL,
+    finished_at = %(now)s,
+    updated_at = %(now)s,
+    event_seq = r.event_seq + 1
+FROM locked
+WHERE r.id = locked.id AND r.status = ANY(%(from_statuses)s)
+RETURNING r.id, r.event_seq;

@@ -208,7 +208,7 @@ WHERE run_id = :run_id AND position IN (SELECT value FROM json_each(:positions))
 
 -- name: suspend_run
 UPDATE perdure_runs
-SET status = 'suspended',
+SET status = :status,
     lease_owner = NULL,
     lease_expires_at = NULL,
     available_at = :available_at,
@@ -236,7 +236,7 @@ RETURNING run_id, batch;
 -- Wake a suspended run once no waitpoint of the batch it waits on is pending.
 UPDATE perdure_runs
 SET available_at = :now, updated_at = :now, event_seq = event_seq + 1
-WHERE id = :id AND status = 'suspended'
+WHERE id = :id AND status IN (SELECT value FROM json_each(:waiting))
   AND NOT EXISTS (SELECT 1 FROM perdure_steps
                   WHERE run_id = :id AND batch = :batch AND status = 'pending')
 RETURNING event_seq;
@@ -244,7 +244,7 @@ RETURNING event_seq;
 -- name: wake_run
 UPDATE perdure_runs
 SET available_at = :now, updated_at = :now, event_seq = event_seq + 1
-WHERE id = :id AND status = 'suspended'
+WHERE id = :id AND status IN (SELECT value FROM json_each(:waiting))
 RETURNING event_seq;
 
 -- name: bump_event_seq
@@ -254,7 +254,7 @@ RETURNING event_seq;
 -- name: select_missed_wakeups
 -- Safety net: suspended runs with no wake-up time and nothing left pending.
 SELECT r.id FROM perdure_runs r
-WHERE r.status = 'suspended' AND r.available_at IS NULL
+WHERE r.status IN (SELECT value FROM json_each(:waiting)) AND r.available_at IS NULL
   AND NOT EXISTS (SELECT 1 FROM perdure_steps s
                   WHERE s.run_id = r.id AND s.status = 'pending')
 LIMIT :limit;
@@ -273,3 +273,26 @@ SELECT :new_run_id, position, kind, name, status, output, error, wake_at, NULL, 
        0, :now, :now
 FROM perdure_steps
 WHERE run_id = :source_run_id AND position < :upto;
+
+-- name: cancel_descendants
+-- Every unfinished run below a finished parent, at any depth, is cancelled in the parent's
+-- transaction: the whole subtree stops at once, not one level per poll.
+UPDATE perdure_runs
+SET status = 'cancelled',
+    error = :error,
+    lease_owner = NULL,
+    lease_expires_at = NULL,
+    available_at = NULL,
+    finished_at = :now,
+    updated_at = :now,
+    event_seq = event_seq + 1
+WHERE id IN (
+    WITH RECURSIVE subtree(id) AS (
+        SELECT id FROM perdure_runs WHERE parent_id IN (SELECT value FROM json_each(:ids))
+        UNION
+        SELECT r.id FROM perdure_runs r JOIN subtree s ON r.parent_id = s.id
+    )
+    SELECT id FROM subtree
+)
+AND status IN (SELECT value FROM json_each(:from_statuses))
+RETURNING id, event_seq;
