@@ -35,6 +35,7 @@ from perdure.core.errors import (
     TokenTimeoutError,
     WorkerLostError,
 )
+from perdure.core.limits import Debounce, QueueLimits, RateLimit
 from perdure.core.models import Run, RunEvent, RunPage, RunResult
 from perdure.core.retry import RetryPolicy
 from perdure.core.statuses import RunStatus
@@ -42,6 +43,7 @@ from perdure.engine.context import RunContext
 from perdure.engine.durable import Token
 from perdure.engine.engine import Engine
 from perdure.engine.handle import RunHandle
+from perdure.engine.queues import QueueInfo
 from perdure.engine.task import Task
 from perdure.engine.trees import (
     ChildResult,
@@ -62,6 +64,7 @@ __all__ = [
     "ChildSpec",
     "Clock",
     "ConfigurationError",
+    "Debounce",
     "DuplicateRunError",
     "DuplicateTaskError",
     "Engine",
@@ -79,6 +82,9 @@ __all__ = [
     "Parent",
     "PayloadTooLargeError",
     "PerdureError",
+    "QueueInfo",
+    "QueueLimits",
+    "RateLimit",
     "RateLimitedError",
     "RetryPolicy",
     "RetryableError",

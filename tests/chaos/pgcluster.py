@@ -42,10 +42,12 @@ SETTINGS = {
 
 def find_bin_dir() -> Path | None:
     """The directory holding initdb and pg_ctl: the newest /usr/lib/postgresql/N/bin, or PATH."""
-    candidates = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-        key=lambda p: int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0,
-    )
+
+    def version(initdb: str) -> int:
+        name = Path(initdb).parent.parent.name
+        return int(name) if name.isdigit() else 0
+
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=version)
     if candidates:
         return Path(candidates[-1]).parent
     found = shutil.which("initdb")

@@ -110,6 +110,21 @@ class SyncInAsyncError(PerdureError, RuntimeError):
 class BackpressureError(PerdureError):
     """The queue is at its depth cap; the trigger was rejected and nothing stored."""
 
+    def __init__(
+        self, message: str, *, queue: str | None = None, depth: int = 0, cap: int = 0
+    ) -> None:
+        self.queue = queue
+        self.depth = depth
+        self.cap = cap
+        super().__init__(message)
+
+    def __reduce__(self) -> Any:
+        return (_rebuild_backpressure, (str(self), self.queue, self.depth, self.cap))
+
+
+def _rebuild_backpressure(message: str, queue: str | None, depth: int, cap: int) -> Any:
+    return BackpressureError(message, queue=queue, depth=depth, cap=cap)
+
 
 class RateLimitedError(PerdureError):
     """The rate limit is exhausted; the trigger was rejected and nothing stored."""

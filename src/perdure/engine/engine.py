@@ -22,6 +22,7 @@ from perdure.core.errors import (
     TokenNotFoundError,
 )
 from perdure.core.ids import run_id as new_run_id
+from perdure.core.limits import QueueLimits
 from perdure.core.models import NewRun, Run, RunEvent, RunPage, StepRecord, TaskInfo
 from perdure.core.retry import RetryPolicy
 from perdure.core.serialization import ANY_CODEC, check_size
@@ -29,6 +30,7 @@ from perdure.core.statuses import RunStatus, parse_status
 from perdure.engine.config import EngineOptions
 from perdure.engine.context import RunContext
 from perdure.engine.handle import RunHandle
+from perdure.engine.queues import QueueOps
 from perdure.engine.sync import Portal, run_sync
 from perdure.engine.task import Task, TriggerOptions
 from perdure.engine.trees import (
@@ -74,7 +76,7 @@ class TaskDecorator(Protocol):
     def __call__(self, fn: Callable[[RunContext], Out], /) -> Task[None, Out]: ...
 
 
-class Engine:
+class Engine(QueueOps):
     """Runs typed tasks durably. `Engine()` uses SQLite at `./.perdure/perdure.db`
     (`PERDURE_DATABASE_URL` overrides); `Engine("postgresql://…")` spans processes and hosts;
     `Engine("memory://")` is SQLite in memory."""
@@ -121,6 +123,7 @@ class Engine:
         self._worker: Worker | None = None
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._memory_used = False
+        self._declared_queues: dict[str, QueueLimits] = {}
 
     def __repr__(self) -> str:
         return f"<Engine {self.url!r} tasks={len(self._tasks)}>"
@@ -303,6 +306,10 @@ class Engine:
                 self._storage = storage
                 self._memory_used = not storage.is_shared
                 self._home_thread = threading.get_ident()
+                if self._declared_queues:
+                    await storage.upsert_queues(
+                        list(self._declared_queues.values()), self.clock.time()
+                    )
         return self._storage
 
     async def open(self) -> Storage:
@@ -415,10 +422,20 @@ class Engine:
         new_runs = self._new_runs(task, inputs, options, now=now)
         if isinstance(task, SleepingTask):
             return await self._create_sleeping(task, inputs, new_runs, now)
+        if options.rate_limit == "reject":
+            for queue in sorted({r.queue for r in new_runs}):
+                await storage.check_rate(queue, now)
+        out_codec = task.output_codec if isinstance(task, Task) else None
+        if options.debounce is not None:
+            if len(new_runs) != 1:
+                raise InvalidOptionError("debounce", "one input per trigger", len(new_runs))
+            run, _ = await storage.debounce_run(new_runs[0], options.debounce.key, now)
+            if self._worker is not None and run.available_at is not None:
+                self._worker.wake_at(run.available_at.timestamp())
+            return [RunHandle(self, run.id, out_codec)]
         results = await storage.create_runs(new_runs, now)
         if self._worker is not None and new_runs and new_runs[0].status is RunStatus.DELAYED:
             self._worker.wake_at(new_runs[0].available_at)
-        out_codec = task.output_codec if isinstance(task, Task) else None
         return [RunHandle(self, run.id, out_codec) for run, _ in results]
 
     async def _create_sleeping(
@@ -453,7 +470,9 @@ class Engine:
         else:
             task_id, queue, codec = task.task_id, task.queue, ANY_CODEC
             max_attempts, timeout, version = task.max_attempts, task.timeout, task.version
-        if options.delay:
+        if options.debounce is not None:
+            available_at = now + options.debounce.window
+        elif options.delay:
             available_at = now + options.delay
         elif options.run_at is not None:
             available_at = max(now, options.run_at)

@@ -4,6 +4,9 @@ blocks the event loop (CPU-bound code) still heartbeats and is not declared dead
 Every `check_interval` it also asks which of this worker's attempts it still owns: a run
 cancelled from another process, or whose lease another worker recovered, is reported lost
 and its attempt is stopped.
+
+Failures go to the worker's circuit breaker, which logs the outage once; while it is open the
+heartbeat retries at the breaker's pace, and it never stops beating because of an error.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import Callable
 
 from perdure.core.clock import Clock
 from perdure.core.errors import PerdureError
+from perdure.engine.breaker import CircuitBreaker
 from perdure.storage import Storage, make_storage
 
 log = logging.getLogger("perdure.worker")
@@ -36,6 +40,7 @@ class Heartbeat:
         clock: Clock,
         snapshot: Callable[[], Attempts],
         on_lost: Callable[[Attempts], None],
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self._main_storage = storage
         self._worker_id = worker_id
@@ -49,7 +54,7 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_extend = time.monotonic()
-        self._failing = False
+        self._breaker = breaker or CircuitBreaker(log_extra={"worker_id": worker_id})
 
     def start(self) -> None:
         if self._main_storage.is_shared:
@@ -71,27 +76,34 @@ class Heartbeat:
         if self._thread is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 10)
 
+    def _pause(self) -> float:
+        """Seconds until the next beat: the check interval, or longer while the breaker is
+        open (the database is unreachable)."""
+        return max(self._check_interval, self._breaker.wait_time())
+
     def _thread_main(self) -> None:
         storage = make_storage(self._main_storage.url)
         with asyncio.Runner() as runner:
             try:
-                runner.run(storage.open(migrate=False))
                 while not self._stop.is_set():
                     runner.run(self._beat(storage))
-                    self._stop.wait(self._check_interval)
+                    self._stop.wait(self._pause())
             finally:
                 runner.run(storage.close())
 
     async def _loop_main(self) -> None:
         while not self._stop.is_set():
             await self._beat(self._main_storage)
-            await asyncio.sleep(self._check_interval)
+            await asyncio.sleep(self._pause())
 
     async def _beat(self, storage: Storage) -> None:
         attempts = self._snapshot()
         if not attempts:
             return
         try:
+            # Opened here, not before the loop: the database may be down when the thread
+            # starts, and the thread must keep beating once it is back.
+            await storage.open(migrate=False)
             if time.monotonic() - self._last_extend >= self._interval:
                 owned = await storage.extend_leases(
                     self._worker_id, attempts, self._lease, self._clock.time()
@@ -99,16 +111,12 @@ class Heartbeat:
                 self._last_extend = time.monotonic()
             else:
                 owned = await storage.owned_runs(self._worker_id, attempts)
-        except PerdureError as exc:
-            if not self._failing:
-                log.warning(
-                    "heartbeat failed, will retry: %s", exc, extra={"worker_id": self._worker_id}
-                )
-            self._failing = True
+        except Exception as exc:  # the heartbeat must outlive any failure
+            if not isinstance(exc, PerdureError):
+                log.exception("heartbeat failed unexpectedly", extra={"worker_id": self._worker_id})
+            self._breaker.record_failure(exc)
             return
-        if self._failing:
-            log.info("heartbeat recovered", extra={"worker_id": self._worker_id})
-            self._failing = False
+        self._breaker.record_success()
         lost = [(run_id, attempt) for run_id, attempt in attempts if run_id not in owned]
         if lost:
             self._on_lost(lost)

@@ -12,11 +12,12 @@ import typing
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from pydantic import PydanticUserError
 
 from perdure.core.errors import ConfigurationError, InvalidOptionError
+from perdure.core.limits import Debounce
 from perdure.core.models import RunResult, TaskInfo
 from perdure.core.retry import RetryPolicy, to_seconds
 from perdure.core.serialization import Codec, codec_for, describe_type
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 In = TypeVar("In")
 Out = TypeVar("Out")
 T = TypeVar("T")
+RateLimitMode = Literal["wait", "reject"]
 
 _TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,199}$")
 DEFAULT_QUEUE = "default"
@@ -51,6 +53,8 @@ class TriggerOptions:
     metadata: dict[str, Any] | None = None
     concurrency_key: str | None = None
     queue: str | None = None
+    debounce: Debounce | None = None
+    rate_limit: RateLimitMode = "wait"
 
     @classmethod
     def build(
@@ -66,6 +70,8 @@ class TriggerOptions:
         metadata: dict[str, Any] | None = None,
         concurrency_key: str | None = None,
         queue: str | None = None,
+        debounce: Debounce | None = None,
+        rate_limit: RateLimitMode = "wait",
     ) -> TriggerOptions:
         if idempotency_key is not None and (
             not isinstance(idempotency_key, str) or not idempotency_key
@@ -84,6 +90,18 @@ class TriggerOptions:
             raise InvalidOptionError("metadata", "a dict of JSON values", metadata)
         if queue is not None and (not isinstance(queue, str) or not queue):
             raise InvalidOptionError("queue", "a non-empty string", queue)
+        if concurrency_key is not None and (
+            not isinstance(concurrency_key, str) or not concurrency_key
+        ):
+            raise InvalidOptionError("concurrency_key", "a non-empty string", concurrency_key)
+        if debounce is not None and not isinstance(debounce, Debounce):
+            raise InvalidOptionError("debounce", "a Debounce(key, window)", debounce)
+        if debounce is not None and (idempotency_key is not None or run_at is not None):
+            raise InvalidOptionError(
+                "debounce", "no idempotency_key or run_at alongside it", debounce
+            )
+        if rate_limit not in ("wait", "reject"):
+            raise InvalidOptionError("rate_limit", "'wait' or 'reject'", rate_limit)
         ttl_s = None if ttl is None else to_seconds(ttl, "ttl")
         if ttl_s is not None and ttl_s <= 0:
             raise InvalidOptionError("ttl", "a duration > 0", ttl)
@@ -100,6 +118,8 @@ class TriggerOptions:
             metadata=metadata,
             concurrency_key=concurrency_key,
             queue=queue,
+            debounce=debounce,
+            rate_limit=rate_limit,
         )
 
 
@@ -172,6 +192,8 @@ class Task(Generic[In, Out]):
         metadata: dict[str, Any] | None = None,
         concurrency_key: str | None = None,
         queue: str | None = None,
+        debounce: Debounce | None = None,
+        rate_limit: RateLimitMode = "wait",
     ) -> RunHandle[Out]:
         """Validate `input`, store a run and return its handle once the row is committed."""
         options = TriggerOptions.build(
@@ -185,6 +207,8 @@ class Task(Generic[In, Out]):
             metadata=metadata,
             concurrency_key=concurrency_key,
             queue=queue,
+            debounce=debounce,
+            rate_limit=rate_limit,
         )
         handles = await self.engine._trigger_many(self, [input], options)  # pyright: ignore[reportPrivateUsage]
         return handles[0]
@@ -198,10 +222,16 @@ class Task(Generic[In, Out]):
         ttl: float | timedelta | None = None,
         tags: Sequence[str] | None = None,
         queue: str | None = None,
+        concurrency_key: str | None = None,
     ) -> list[RunHandle[Out]]:
         """Trigger one run per input in a single transaction: all are stored, or none."""
         options = TriggerOptions.build(
-            priority=priority, delay=delay, ttl=ttl, tags=tags, queue=queue
+            priority=priority,
+            delay=delay,
+            ttl=ttl,
+            tags=tags,
+            queue=queue,
+            concurrency_key=concurrency_key,
         )
         return await self.engine._trigger_many(self, list(inputs), options)  # pyright: ignore[reportPrivateUsage]
 

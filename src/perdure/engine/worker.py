@@ -5,6 +5,9 @@
 - Outcomes are committed in groups (one transaction for all attempts that finished meanwhile),
   each fenced on (run, attempt, lease owner).
 - A heartbeat thread renews leases; a maintenance loop recovers expired leases and TTLs.
+- All of them report to one circuit breaker (`breaker.py`): while the database is
+  unreachable they back off together and log one line, and finished attempts' outcomes are
+  retried until they commit or the fence rejects them.
 """
 
 from __future__ import annotations
@@ -16,10 +19,10 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -41,6 +44,7 @@ from perdure.core.serialization import (
     format_validation_error,
 )
 from perdure.core.statuses import RunStatus
+from perdure.engine.breaker import CircuitBreaker
 from perdure.engine.config import EngineOptions
 from perdure.engine.context import RunContext
 from perdure.engine.durable import LeaseLost, Suspend, current_context
@@ -53,6 +57,8 @@ if TYPE_CHECKING:
     from perdure.engine.task import Task
 
 log = logging.getLogger("perdure.worker")
+
+T = TypeVar("T")
 
 CLAIM_BATCH = 64
 STOP_CANCELLED = "cancelled"
@@ -114,6 +120,8 @@ class Worker:
         self._busy_threads = 0  # `def` bodies running, abandoned ones (timed out...) included
         self._busy_lock = threading.Lock()
         self._loop = asyncio.get_running_loop()
+        self._breaker = CircuitBreaker(log_extra={"worker_id": self.id})
+        self._stop_deadline: float | None = None  # monotonic; set by stop()
         self._heartbeat = Heartbeat(
             storage=storage,
             worker_id=self.id,
@@ -123,9 +131,11 @@ class Worker:
             clock=self.clock,
             snapshot=self._lease_snapshot,
             on_lost=self._report_lost,
+            breaker=self._breaker,
         )
         self._timer: asyncio.TimerHandle | None = None
         self._next_wake: float | None = None
+        self._last_prune = 0.0
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -151,6 +161,7 @@ class Worker:
         """Stop claiming; give running attempts `grace` seconds; release the rest."""
         grace = self.options.shutdown_grace if grace is None else grace
         self._stopping = True
+        self._stop_deadline = time.monotonic() + grace
         self._wake.set()
         for loop_task in self._loops:
             loop_task.cancel()
@@ -204,7 +215,6 @@ class Worker:
 
     async def _claim_loop(self) -> None:
         task_ids = sorted(self.tasks)
-        backoff = 0.0
         while not self._stopping:
             free = self.options.concurrency - len(self.active)
             if free <= 0:
@@ -212,22 +222,16 @@ class Worker:
                 await self._slot_freed.wait()
                 continue
             limit = min(free, CLAIM_BATCH)
+            await self._breaker.wait()  # the database is unreachable: pause claims
             # Clear before claiming: a notification that lands during the claim re-wakes us.
             self._wake.clear()
             try:
                 runs = await self.storage.claim_runs(
                     self.id, self.queues, task_ids, limit, self.options.lease, self.clock.time()
                 )
-                backoff = 0.0
-            except PerdureError as exc:
-                backoff = min(max(backoff * 2, 0.1), 5.0)
-                log.warning(
-                    "claim failed, retrying in %.1fs: %s",
-                    backoff,
-                    exc,
-                    extra={"worker_id": self.id},
-                )
-                await asyncio.sleep(backoff)
+                self._breaker.record_success()
+            except Exception as exc:  # the loop must outlive any failure
+                self._storage_failed("claim", exc)
                 continue
             for run in runs:
                 self._start_attempt(run)
@@ -296,12 +300,14 @@ class Worker:
         if suspend is not None and attempt.stop_reason is None:
             attempt.finishing = True
             try:
-                suspended = await self.storage.suspend(
-                    Fence(run.id, run.attempt, self.id),
-                    suspend.wait_positions,
-                    suspend.wake_at,
-                    self.clock.time(),
-                    suspend.status,
+                suspended = await self._retrying(
+                    lambda: self.storage.suspend(
+                        Fence(run.id, run.attempt, self.id),
+                        suspend.wait_positions,
+                        suspend.wake_at,
+                        self.clock.time(),
+                        suspend.status,
+                    )
                 )
                 if suspended and suspend.wake_at is not None:
                     self.wake_at(suspend.wake_at)
@@ -336,7 +342,9 @@ class Worker:
                         extra=_extra(run, self.id),
                     )
             elif attempt.stop_reason == STOP_SHUTDOWN:
-                await self.storage.release_runs(self.id, [attempt.key], self.clock.time())
+                await self._retrying(
+                    lambda: self.storage.release_runs(self.id, [attempt.key], self.clock.time())
+                )
         except asyncio.CancelledError:
             pass
         except PerdureError as exc:
@@ -527,39 +535,84 @@ class Worker:
     async def _flush(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
-            outcomes = [o for o, _ in batch]
-            results: list[bool] | None = None
-            delay = 0.05
-            deadline = time.monotonic() + self.options.lease
-            while results is None:
-                try:
-                    results = await self.storage.finish_attempts(
-                        self.id, outcomes, self.clock.time()
+            try:
+                results = await self._commit_outcomes([o for o, _ in batch])
+            except Exception as exc:
+                if not isinstance(exc, PerdureError):
+                    log.exception(
+                        "committing %d outcomes failed", len(batch), extra={"worker_id": self.id}
                     )
-                except Exception as exc:
-                    if not isinstance(exc, PerdureError) or time.monotonic() + delay > deadline:
-                        if not isinstance(exc, PerdureError):
-                            log.exception(
-                                "committing %d outcomes failed",
-                                len(batch),
-                                extra={"worker_id": self.id},
-                            )
-                        for _, future in batch:
-                            if not future.done():
-                                future.set_exception(exc)
-                        break
-                    log.warning(
-                        "committing %d outcomes failed, retrying: %s",
-                        len(batch),
-                        exc,
-                        extra={"worker_id": self.id},
-                    )
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
-            if results is not None:
-                for (_, future), applied in zip(batch, results, strict=True):
+                for _, future in batch:
                     if not future.done():
-                        future.set_result(applied)
+                        future.set_exception(exc)
+                continue
+            for (_, future), applied in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(applied)
+
+    async def _commit_outcomes(self, outcomes: list[Outcome]) -> list[bool]:
+        tries = 0
+
+        async def commit() -> list[bool]:
+            nonlocal tries
+            tries += 1
+            return await self.storage.finish_attempts(self.id, outcomes, self.clock.time())
+
+        results = await self._retrying(commit)
+        if tries > 1:
+            results = [
+                applied or await self._landed(outcome)
+                for outcome, applied in zip(outcomes, results, strict=True)
+            ]
+        return results
+
+    async def _landed(self, outcome: Outcome) -> bool:
+        """Whether an outcome reported stale had in fact been committed by an earlier try
+        whose COMMIT reached the server but whose reply was lost with the connection."""
+        try:
+            run = await self.storage.get_run(outcome.run_id)
+        except PerdureError:
+            return False
+        return (
+            run is not None
+            and run.attempt == outcome.attempt
+            and run.status is outcome.status
+            and run.lease_owner is None
+        )
+
+    # --- riding out storage failures ---------------------------------------------------------
+
+    def _storage_failed(self, what: str, exc: Exception) -> float:
+        """Report a failed storage call to the breaker (which logs the outage once); returns
+        how long to wait before trying again. Anything but a PerdureError is a bug: logged."""
+        if not isinstance(exc, PerdureError):
+            log.exception("%s failed unexpectedly", what, extra={"worker_id": self.id})
+        return self._breaker.record_failure(exc)
+
+    async def _retrying(self, op: Callable[[], Awaitable[T]]) -> T:
+        """Run a storage write of a running attempt until it commits. While the database is
+        unreachable it waits for it (the write is fenced: once it lands, a lease lost
+        meanwhile makes it a no-op). It gives up, raising the last error, when the database
+        answers but the write keeps failing for longer than a lease (it cannot succeed), or
+        when the worker is stopping and its grace period is over."""
+        started = time.monotonic()
+        while True:
+            if not self._stopping:
+                await self._breaker.wait()
+            try:
+                result = await op()
+            except PerdureError as exc:
+                delay = self._breaker.record_failure(exc)
+                now = time.monotonic()
+                reachable = self._breaker.last_success > started
+                if (reachable and now - started > self.options.lease) or (
+                    self._stop_deadline is not None and now + delay > self._stop_deadline
+                ):
+                    raise
+                await asyncio.sleep(delay)
+                continue
+            self._breaker.record_success()
+            return result
 
     # --- leases ------------------------------------------------------------------------------
 
@@ -589,15 +642,30 @@ class Worker:
     async def _maintenance_loop(self) -> None:
         interval = min(1.0, self.options.lease / 4, self.options.poll_interval * 2)
         while not self._stopping:
-            await self.run_maintenance()
+            await self._breaker.wait()
+            await self.run_maintenance(recover_leases=not self._holding_recovery())
             await asyncio.sleep(interval)
 
-    async def run_maintenance(self) -> None:
+    def _holding_recovery(self) -> bool:
+        """Right after a database outage, leases that expired during it mostly belong to
+        live workers that are reconnecting: give them as long as the outage lasted (plus the
+        breaker's longest retry wait, at most one lease) to renew before taking their runs."""
+        closed_at = self._breaker.closed_at
+        if closed_at is None:
+            return False
+        hold = min(self.options.lease, self._breaker.last_outage + self._breaker.max_delay)
+        return time.monotonic() - closed_at < hold
+
+    async def run_maintenance(self, *, recover_leases: bool = True) -> None:
         """Recover expired leases and expire runs whose TTL passed (safe on every worker:
         each row changes under a conditional UPDATE, so concurrent sweepers don't collide)."""
         try:
             now = self.clock.time()
-            recovered = await self.storage.recover_expired_leases(now, self.options.max_lost_leases)
+            recovered = (
+                await self.storage.recover_expired_leases(now, self.options.max_lost_leases)
+                if recover_leases
+                else []
+            )
             for run in recovered:
                 log.warning(
                     "recovered run %s from a lost lease (%d lost so far) -> %s",
@@ -609,11 +677,15 @@ class Worker:
                 if run.status.is_terminal:
                     self.engine._attempt_finished(run.id)  # pyright: ignore[reportPrivateUsage]
             await self.storage.wake_missed(now)
+            if now - self._last_prune >= 60.0:  # rate-limit history: keep the table small
+                await self.storage.prune_rate_starts(now)
+                self._last_prune = now
             expired = await self.storage.expire_runs(now)
             for run_id in expired:
                 self.engine._attempt_finished(run_id)  # pyright: ignore[reportPrivateUsage]
-        except PerdureError as exc:
-            log.warning("maintenance failed, will retry: %s", exc, extra={"worker_id": self.id})
+            self._breaker.record_success()
+        except Exception as exc:  # the loop must outlive any failure
+            self._storage_failed("maintenance", exc)
 
 
 def _extra(run: Run, worker: str) -> dict[str, Any]:

@@ -34,6 +34,24 @@ class Tx(ABC):
     @abstractmethod
     async def executemany(self, name: str, params: Sequence[Params]) -> None: ...
 
+    @abstractmethod
+    async def execute_batch(
+        self, name: str, rows: Sequence[Params], shared: Params | None = None
+    ) -> int:
+        """Run a batch statement for every row of `rows` (each with the `shared` parameters
+        too); returns the number of rows it changed.
+
+        Batch statements are written per dialect with the same parameter names: SQLite runs
+        the statement once per row (no round trips to save); PostgreSQL runs it once for the
+        whole batch, the rows arriving as one JSON array in the parameter `rows` (read with
+        `json_to_recordset`), so a batch costs one statement and one round trip."""
+
+    @abstractmethod
+    async def fetch_batch(
+        self, name: str, rows: Sequence[Params], shared: Params | None = None
+    ) -> list[Row]:
+        """`execute_batch` for a statement with RETURNING: every row it returned."""
+
     async def fetchone(self, name: str, params: Params) -> Row | None:
         rows = await self.fetchall(name, params)
         return rows[0] if rows else None

@@ -68,6 +68,15 @@ def _adapt(params: Params) -> dict[str, Any]:
     }
 
 
+def _batch_params(rows: Sequence[Params], shared: Params | None) -> dict[str, Any]:
+    # One JSON text for the whole batch: json_to_recordset types each column in the query,
+    # and encoding it here is far cheaper than adapting one parameter per row and column.
+    # ensure_ascii=False: the text travels as UTF-8, whatever escapes the server supports.
+    params = _adapt(shared or {})
+    params["rows"] = json.dumps(rows, separators=(",", ":"), ensure_ascii=False)
+    return params
+
+
 class PostgresTx(Tx):
     def __init__(self, conn: Connection, queries: dict[str, LiteralString]) -> None:
         super().__init__()
@@ -106,6 +115,30 @@ class PostgresTx(Tx):
             # psycopg pipelines executemany: one round trip for the whole batch.
             async with self.conn.cursor() as cur:
                 await cur.executemany(query, [_adapt(p) for p in params])
+        except psycopg.Error as exc:
+            raise StorageError(f"PostgreSQL query {name!r} failed: {exc}") from exc
+
+    async def execute_batch(
+        self, name: str, rows: Sequence[Params], shared: Params | None = None
+    ) -> int:
+        if not rows:
+            return 0
+        query = self._sql(name)
+        try:
+            cur = await self.conn.execute(query, _batch_params(rows, shared))
+        except psycopg.Error as exc:
+            raise StorageError(f"PostgreSQL query {name!r} failed: {exc}") from exc
+        return cur.rowcount
+
+    async def fetch_batch(
+        self, name: str, rows: Sequence[Params], shared: Params | None = None
+    ) -> list[Row]:
+        if not rows:
+            return []
+        query = self._sql(name)
+        try:
+            cur = await self.conn.execute(query, _batch_params(rows, shared))
+            return await cur.fetchall()
         except psycopg.Error as exc:
             raise StorageError(f"PostgreSQL query {name!r} failed: {exc}") from exc
 

@@ -62,6 +62,33 @@ class SQLiteTx(Tx):
         except sqlite3.Error as exc:
             raise StorageError(f"SQLite query {name!r} failed: {exc}") from exc
 
+    async def execute_batch(
+        self, name: str, rows: Sequence[Params], shared: Params | None = None
+    ) -> int:
+        if not rows:
+            return 0
+        common = _adapt(shared or {})
+        try:
+            cursor = self._conn.executemany(
+                self._sql(name), [{**common, **_adapt(row)} for row in rows]
+            )
+        except sqlite3.Error as exc:
+            raise StorageError(f"SQLite query {name!r} failed: {exc}") from exc
+        return cursor.rowcount
+
+    async def fetch_batch(
+        self, name: str, rows: Sequence[Params], shared: Params | None = None
+    ) -> list[Row]:
+        common = _adapt(shared or {})
+        query = self._sql(name)
+        found: list[Row] = []
+        try:
+            for row in rows:
+                found += self._conn.execute(query, {**common, **_adapt(row)}).fetchall()
+        except sqlite3.Error as exc:
+            raise StorageError(f"SQLite query {name!r} failed: {exc}") from exc
+        return found
+
 
 class SQLiteDatabase(Database):
     dialect = "sqlite"

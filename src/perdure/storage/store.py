@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
+from perdure.core.clock import to_datetime
 from perdure.core.errors import ErrorInfo, StorageError, WorkerLostError
+from perdure.core.limits import QueueLimits
 from perdure.core.models import NewRun, Outcome, Run, RunEvent, RunPage, TaskInfo
 from perdure.core.statuses import RunStatus, can_transition, sources_of
 from perdure.storage.database import (
@@ -22,9 +25,11 @@ from perdure.storage.database import (
     CHANNEL_WORK,
     Database,
     Listener,
+    Row,
 )
 from perdure.storage.queries import load_migrations
-from perdure.storage.rows import dumps, row_to_event, row_to_run, row_to_task
+from perdure.storage.queues import QueueStore
+from perdure.storage.rows import dumps, loads_json, row_to_event, row_to_run, row_to_task
 from perdure.storage.steps import StepStore, cancel_descendants, settle_child_waits
 from perdure.storage.writes import EventLog, run_insert_params
 
@@ -56,7 +61,7 @@ def _attempt_key(run_id: str, attempt: int) -> str:
     return f"{run_id}:{attempt}"
 
 
-class Storage(StepStore):
+class Storage(StepStore, QueueStore):
     """High-level atomic operations on runs, events and the task catalog."""
 
     def __init__(self, db: Database) -> None:
@@ -127,51 +132,74 @@ class Storage(StepStore):
         triggers collapse into one row even across processes."""
         results: list[tuple[Run, bool]] = []
         events = EventLog()
+        # Runs without an idempotency key cannot collide with anything: one batch statement
+        # inserts them all; keyed runs take the per-row path that looks for a live duplicate.
+        plain: list[dict[str, Any]] = []
         async with self.db.transaction() as tx:
+            await self.check_backpressure(tx, runs)
             for new in runs:
-                if new.idempotency_key is not None:
+                params = run_insert_params(new, now)
+                if new.idempotency_key is None:
+                    plain.append(params)
+                else:
                     key = {"task_id": new.task_id, "idempotency_key": new.idempotency_key}
                     await tx.execute("release_idempotency_key", {**key, "now": now})
                     existing = await tx.fetchone("find_idempotent_run", key)
+                    if existing is None and await tx.fetchone("insert_run", params) is None:
+                        # lost a race on the idempotency key
+                        existing = await tx.fetchone("find_idempotent_run", key)
+                        if existing is None:
+                            raise StorageError(f"run {new.id!r} could not be inserted")
                     if existing is not None:
                         results.append((row_to_run(existing), False))
                         continue
-                inserted = await tx.fetchone("insert_run", run_insert_params(new, now))
-                if inserted is None:  # lost a race on the idempotency key
-                    key = {"task_id": new.task_id, "idempotency_key": new.idempotency_key}
-                    existing = await tx.fetchone("find_idempotent_run", key)
-                    if existing is None:
-                        raise StorageError(f"run {new.id!r} could not be inserted")
-                    results.append((row_to_run(existing), False))
-                    continue
                 data: dict[str, Any] = {"status": new.status.value, "queue": new.queue}
                 if new.status is RunStatus.DELAYED:
                     data["available_at"] = new.available_at
                 events.add(new.id, 1, "created", now, **data)
-                results.append((self._fresh_run(new, now), True))
+                results.append((self._fresh_run(new, now, params), True))
+            if plain:
+                inserted = await tx.execute_batch("insert_runs", plain)
+                if inserted != len(plain):
+                    raise StorageError(
+                        f"{len(plain) - inserted} of {len(plain)} runs could not be inserted: "
+                        "a run with the same id exists"
+                    )
             await events.flush(tx)
             if any(created for _, created in results):
                 tx.notify(CHANNEL_WORK)
         return results
 
     @staticmethod
-    def _fresh_run(new: NewRun, now: float) -> Run:
-        params = run_insert_params(new, now)
-        row: dict[str, Any] = {
-            **params,
-            "output": None,
-            "error": None,
-            "attempt": 0,
-            "lost_leases": 0,
-            "lease_owner": None,
-            "lease_expires_at": None,
-            "event_seq": 1,
-            "created_at": now,
-            "updated_at": now,
-            "started_at": None,
-            "finished_at": None,
-        }
-        return row_to_run(row)
+    def _fresh_run(new: NewRun, now: float, params: dict[str, Any]) -> Run:
+        """The run just inserted with `params`, as `get_run` would read it back."""
+        created = datetime.fromtimestamp(now, UTC)
+        return Run(
+            id=new.id,
+            task_id=new.task_id,
+            status=new.status,
+            attempt=0,
+            input=json.loads(new.input_json),
+            output=None,
+            error=None,
+            queue=new.queue,
+            priority=new.priority,
+            tags=loads_json(params["tags"]) if new.tags else [],
+            metadata=loads_json(params["metadata"]) if new.metadata else {},
+            idempotency_key=new.idempotency_key,
+            parent_id=new.parent_id,
+            root_id=params["root_id"],
+            created_at=created,
+            started_at=None,
+            finished_at=None,
+            updated_at=created,
+            available_at=to_datetime(new.available_at),
+            expires_at=to_datetime(new.expires_at),
+            max_attempts=new.max_attempts,
+            timeout=new.timeout,
+            version=new.version,
+            concurrency_key=new.concurrency_key,
+        )
 
     # --- the worker's side -------------------------------------------------------------------
 
@@ -189,21 +217,39 @@ class Storage(StepStore):
             return []
         events = EventLog()
         async with self.db.transaction() as tx:
-            rows = await tx.fetchall(
-                "claim_runs",
-                {
-                    "worker_id": worker_id,
-                    "queues": list(queues),
-                    "task_ids": list(task_ids),
-                    "limit": limit,
-                    "lease": lease,
-                    "now": now,
-                    "from_statuses": _CLAIM_SOURCES,
-                },
-            )
+            settings = await self.queue_limits(tx, queues)
+            open_queues = [q for q in queues if q not in settings]
+            limited: list[QueueLimits] = []
+            for limits in settings.values():
+                if limits.paused:
+                    continue
+                if limits.limits_claims:
+                    limited.append(limits)
+                else:
+                    open_queues.append(limits.name)
+            rows: list[Row] = []
+            if open_queues:
+                rows = await tx.fetchall(
+                    "claim_runs",
+                    {
+                        "worker_id": worker_id,
+                        "queues": sorted(open_queues),
+                        "task_ids": list(task_ids),
+                        "limit": limit,
+                        "lease": lease,
+                        "now": now,
+                        "from_statuses": _CLAIM_SOURCES,
+                    },
+                )
             # Guard against a planner re-evaluating LIMIT: never hand out more than asked.
             if len(rows) > limit:
                 raise StorageError(f"claim returned {len(rows)} rows for a limit of {limit}")
+            for limits in sorted(limited, key=lambda q: q.name):
+                if len(rows) >= limit:
+                    break
+                rows += await self.claim_limited(
+                    tx, worker_id, limits, task_ids, limit - len(rows), lease, now
+                )
             for row in rows:
                 events.add(
                     row["id"],
@@ -260,34 +306,51 @@ class Storage(StepStore):
         finished: list[str] = []
         settled: list[tuple[str, dict[str, Any]]] = []
         work = False
-        async with self.db.transaction() as tx:
-            # Rows are locked in run-id order, as extend_leases does, so this batch and a
-            # concurrent heartbeat of the same worker cannot deadlock (PostgreSQL row locks).
-            for idx in sorted(range(len(outcomes)), key=lambda k: outcomes[k].run_id):
-                out = outcomes[idx]
-                if not can_transition(RunStatus.RUNNING, out.status):
-                    raise StorageError(f"an attempt cannot end in status {out.status.value!r}")
-                new_events = self._outcome_events(out)
-                retrying = out.status is RunStatus.RETRYING
-                row = await tx.fetchone(
-                    "finish_attempt",
-                    {
-                        "id": out.run_id,
-                        "attempt": out.attempt,
-                        "worker_id": worker_id,
-                        "status": out.status.value,
-                        "output": out.output_json,
-                        "error": None if out.error is None else dumps(out.error.to_json()),
-                        "available_at": out.retry_at if retrying else None,
-                        "finished_at": None if retrying else now,
-                        "now": now,
-                        "n_events": len(new_events),
-                        "from_statuses": _RUNNING,
-                        "failed": 1 if out.status in _FAILURES else 0,
-                    },
-                )
-                if row is None:
+        # Run-id order, as extend_leases locks rows, so this batch and a concurrent heartbeat
+        # of the same worker cannot deadlock (PostgreSQL row locks).
+        order = sorted(range(len(outcomes)), key=lambda k: outcomes[k].run_id)
+        outcome_events: dict[int, list[tuple[str, dict[str, Any]]]] = {}
+        rows: list[dict[str, Any]] = []
+        for idx in order:
+            out = outcomes[idx]
+            if not can_transition(RunStatus.RUNNING, out.status):
+                raise StorageError(f"an attempt cannot end in status {out.status.value!r}")
+            if any(o is not out and o.run_id == out.run_id for o in _same_run(outcomes, idx)):
+                # The same attempt twice: only its first outcome can apply, as if the two had
+                # been applied one after the other (the second finds the run finished).
+                if (out.run_id, out.attempt) in {(r["id"], r["attempt"]) for r in rows}:
                     continue
+            retrying = out.status is RunStatus.RETRYING
+            error = None if out.error is None else out.error.to_json()
+            new_events = self._outcome_events(out, error)
+            outcome_events[idx] = new_events
+            rows.append(
+                {
+                    "id": out.run_id,
+                    "attempt": out.attempt,
+                    "status": out.status.value,
+                    "output": out.output_json,
+                    "error": None if error is None else dumps(error),
+                    "available_at": out.retry_at if retrying else None,
+                    "finished_at": None if retrying else now,
+                    "n_events": len(new_events),
+                    "failed": 1 if out.status in _FAILURES else 0,
+                }
+            )
+        async with self.db.transaction() as tx:
+            returned = await tx.fetch_batch(
+                "finish_attempts",
+                rows,
+                {"worker_id": worker_id, "now": now, "from_statuses": _RUNNING},
+            )
+            changed = {(row["id"], row["attempt"]): row for row in returned}
+            for idx in order:
+                out = outcomes[idx]
+                new_events = outcome_events.get(idx)
+                row = changed.pop((out.run_id, out.attempt), None)
+                if row is None or new_events is None:
+                    continue
+                retrying = out.status is RunStatus.RETRYING
                 applied[idx] = True
                 if not retrying and row["parent_id"] is not None:
                     settled.append(
@@ -316,9 +379,10 @@ class Storage(StepStore):
         return applied
 
     @staticmethod
-    def _outcome_events(out: Outcome) -> list[tuple[str, dict[str, Any]]]:
+    def _outcome_events(
+        out: Outcome, error: dict[str, Any] | None
+    ) -> list[tuple[str, dict[str, Any]]]:
         status = out.status.value
-        error = None if out.error is None else out.error.to_json()
         if out.status is RunStatus.COMPLETED:
             return [("completed", {"status": status, "attempt": out.attempt})]
         if out.status is RunStatus.CANCELLED:

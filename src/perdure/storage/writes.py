@@ -11,7 +11,7 @@ from perdure.storage.rows import dumps
 
 
 class EventLog:
-    """Collects the events of one transaction and inserts them in one `executemany`."""
+    """Collects the events of one transaction and inserts them in one batch statement."""
 
     def __init__(self) -> None:
         self.rows: list[dict[str, Any]] = []
@@ -22,7 +22,7 @@ class EventLog:
         )
 
     async def flush(self, tx: Tx) -> None:
-        await tx.executemany("insert_event", self.rows)
+        await tx.execute_batch("insert_events", self.rows)
         self.rows.clear()
 
 
@@ -43,8 +43,8 @@ def run_insert_params(new: NewRun, now: float) -> dict[str, Any]:
         "idempotency_key": new.idempotency_key,
         "idempotency_expires_at": new.idempotency_expires_at,
         "concurrency_key": new.concurrency_key,
-        "tags": dumps(new.tags),
-        "metadata": dumps(new.metadata),
+        "tags": dumps(new.tags) if new.tags else "[]",
+        "metadata": dumps(new.metadata) if new.metadata else "{}",
         "parent_id": new.parent_id,
         "root_id": new.root_id or new.id,
         "now": now,

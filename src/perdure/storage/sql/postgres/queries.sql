@@ -3,6 +3,9 @@
 -- %(name)s; list parameters arrive as arrays and are matched with = ANY(...). Every statement
 -- runs at READ COMMITTED: a conditional UPDATE that waited on a concurrent writer re-checks its
 -- WHERE clause on the newest row version, so the status/lease fences below hold under races.
+-- Batch statements (insert_runs, insert_events, finish_attempts) handle many rows in one
+-- statement: the rows arrive as one JSON array in %(rows)s, read with json_to_recordset, next to
+-- scalar parameters shared by all rows. SQLite defines the same names as per-row statements.
 
 -- name: insert_run
 -- A concurrent insert of the same idempotency key waits for the first to commit, then does
@@ -20,9 +23,35 @@ INSERT INTO perdure_runs (
 ON CONFLICT DO NOTHING
 RETURNING id;
 
+-- name: insert_runs
+-- Runs without an idempotency key, all at once; store.py checks every row was inserted.
+INSERT INTO perdure_runs (
+    id, task_id, queue, status, priority, input, attempt, max_attempts, timeout, version,
+    available_at, expires_at, idempotency_key, idempotency_expires_at, concurrency_key,
+    tags, metadata, parent_id, root_id, event_seq, created_at, updated_at
+)
+SELECT n.id, n.task_id, n.queue, n.status, n.priority, n.input, 0, n.max_attempts, n.timeout,
+       n.version, n.available_at, n.expires_at, n.idempotency_key, n.idempotency_expires_at,
+       n.concurrency_key, n.tags, n.metadata, n.parent_id, n.root_id, 1, n.now, n.now
+FROM json_to_recordset(%(rows)s::json) AS n(
+    id text, task_id text, queue text, status text, priority integer, input text,
+    max_attempts integer, timeout double precision, version text,
+    available_at double precision, expires_at double precision, idempotency_key text,
+    idempotency_expires_at double precision, concurrency_key text, tags text, metadata text,
+    parent_id text, root_id text, now double precision
+)
+ON CONFLICT DO NOTHING;
+
 -- name: insert_event
 INSERT INTO perdure_events (run_id, seq, type, at, data)
 VALUES (%(run_id)s, %(seq)s, %(type)s, %(at)s, %(data)s);
+
+-- name: insert_events
+INSERT INTO perdure_events (run_id, seq, type, at, data)
+SELECT e.run_id, e.seq, e.type, e.at, e.data
+FROM json_to_recordset(%(rows)s::json) AS e(
+    run_id text, seq integer, type text, at double precision, data text
+);
 
 -- name: find_idempotent_run
 SELECT * FROM perdure_runs
@@ -105,6 +134,38 @@ SET status = %(status)s,
 WHERE id = %(id)s AND attempt = %(attempt)s AND lease_owner = %(worker_id)s
   AND status = ANY(%(from_statuses)s::text[])
 RETURNING event_seq, parent_id;
+
+-- name: finish_attempts
+-- finish_attempt for a batch of attempts of one worker. The fenced rows are locked in id
+-- order first (as extend_leases does), so concurrent multi-row writers cannot deadlock.
+WITH outcome AS (
+    SELECT * FROM json_to_recordset(%(rows)s::json) AS o(
+        id text, attempt integer, status text, output text, error text,
+        available_at double precision, finished_at double precision, failed integer,
+        n_events integer
+    )
+), fenced AS MATERIALIZED (
+    SELECT r.id, r.attempt FROM perdure_runs AS r
+    JOIN outcome AS o ON r.id = o.id AND r.attempt = o.attempt
+    WHERE r.lease_owner = %(worker_id)s AND r.status = ANY(%(from_statuses)s::text[])
+    ORDER BY r.id
+    FOR NO KEY UPDATE OF r
+)
+UPDATE perdure_runs AS r
+SET status = o.status,
+    output = o.output,
+    error = o.error,
+    lease_owner = NULL,
+    lease_expires_at = NULL,
+    available_at = o.available_at,
+    finished_at = o.finished_at,
+    updated_at = %(now)s,
+    failures = r.failures + o.failed,
+    event_seq = r.event_seq + o.n_events
+FROM fenced JOIN outcome AS o ON o.id = fenced.id AND o.attempt = fenced.attempt
+WHERE r.id = fenced.id AND r.attempt = fenced.attempt AND r.lease_owner = %(worker_id)s
+  AND r.status = ANY(%(from_statuses)s::text[])
+RETURNING r.id, r.attempt, r.event_seq, r.parent_id;
 
 -- name: cancel_run
 UPDATE perdure_runs
@@ -353,3 +414,136 @@ SET status = 'cancelled',
 FROM locked
 WHERE r.id = locked.id AND r.status = ANY(%(from_statuses)s)
 RETURNING r.id, r.event_seq;
+
+-- name: upsert_queue
+-- Limits only: a paused queue stays paused when a deploy re-declares it.
+INSERT INTO perdure_queues (name, concurrency, key_concurrency, rate_limit, rate_period,
+                            key_rate_limit, key_rate_period, max_depth, paused, updated_at)
+VALUES (%(name)s, %(concurrency)s, %(key_concurrency)s, %(rate_limit)s, %(rate_period)s,
+        %(key_rate_limit)s, %(key_rate_period)s, %(max_depth)s, 0, %(now)s)
+ON CONFLICT (name) DO UPDATE SET
+    concurrency = excluded.concurrency, key_concurrency = excluded.key_concurrency,
+    rate_limit = excluded.rate_limit, rate_period = excluded.rate_period,
+    key_rate_limit = excluded.key_rate_limit, key_rate_period = excluded.key_rate_period,
+    max_depth = excluded.max_depth, updated_at = excluded.updated_at;
+
+-- name: set_queue_paused
+INSERT INTO perdure_queues (name, paused, updated_at) VALUES (%(name)s, %(paused)s, %(now)s)
+ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at;
+
+-- name: list_queues
+SELECT * FROM perdure_queues ORDER BY name;
+
+-- name: lock_queues
+-- Claims and depth-capped triggers on a limited queue serialize on its row, so two workers
+-- cannot both see a free slot and exceed the limit together.
+SELECT * FROM perdure_queues WHERE name = ANY(%(names)s::text[]) ORDER BY name FOR UPDATE;
+
+-- name: count_running_in_queue
+SELECT COUNT(*) AS n FROM perdure_runs WHERE queue = %(queue)s AND status = 'running';
+
+-- name: count_recent_starts
+SELECT COUNT(*) AS n FROM perdure_rate_starts WHERE queue = %(queue)s AND at > %(since)s;
+
+-- name: oldest_recent_start
+SELECT MIN(at) AS at FROM perdure_rate_starts WHERE queue = %(queue)s AND at > %(since)s;
+
+-- name: claim_candidates_keyed
+-- Fair across keys: the n-th waiting run of every key comes before the (n+1)-th of any key,
+-- and a key gets no more than its limits leave (running and recent starts counted). The
+-- queue row lock (lock_queues) serializes claimers of this queue.
+WITH busy AS (
+    SELECT concurrency_key AS k, COUNT(*) AS n FROM perdure_runs
+    WHERE queue = %(queue)s AND status = 'running' AND concurrency_key IS NOT NULL
+    GROUP BY concurrency_key
+), recent AS (
+    SELECT concurrency_key AS k, COUNT(*) AS n FROM perdure_rate_starts
+    WHERE queue = %(queue)s AND at > %(since)s AND concurrency_key IS NOT NULL
+    GROUP BY concurrency_key
+), candidates AS (
+    SELECT id, concurrency_key, priority, available_at,
+           ROW_NUMBER() OVER (PARTITION BY concurrency_key
+                              ORDER BY priority DESC, available_at, id) AS rn
+    FROM perdure_runs
+    WHERE available_at IS NOT NULL AND available_at <= %(now)s AND queue = %(queue)s
+      AND task_id = ANY(%(task_ids)s::text[])
+      AND (expires_at IS NULL OR expires_at > %(now)s OR started_at IS NOT NULL)
+)
+SELECT c.id FROM candidates AS c
+LEFT JOIN busy AS b ON b.k = c.concurrency_key
+LEFT JOIN recent AS r ON r.k = c.concurrency_key
+WHERE c.concurrency_key IS NULL
+   OR (c.rn + COALESCE(b.n, 0) <= %(key_concurrency)s
+       AND c.rn + COALESCE(r.n, 0) <= %(key_rate)s)
+ORDER BY c.rn, c.priority DESC, c.available_at, c.id
+LIMIT %(limit)s;
+
+-- name: claim_ids
+UPDATE perdure_runs
+SET status = 'running',
+    attempt = attempt + 1,
+    lease_owner = %(worker_id)s,
+    lease_expires_at = %(now)s + %(lease)s,
+    available_at = NULL,
+    started_at = COALESCE(started_at, %(now)s),
+    updated_at = %(now)s,
+    event_seq = event_seq + 1
+WHERE id = ANY(%(ids)s::text[])
+  AND available_at IS NOT NULL
+  AND status = ANY(%(from_statuses)s::text[])
+RETURNING *;
+
+-- name: insert_rate_start
+INSERT INTO perdure_rate_starts (queue, concurrency_key, at)
+VALUES (%(queue)s, %(concurrency_key)s, %(at)s);
+
+-- name: prune_rate_starts
+DELETE FROM perdure_rate_starts WHERE at < %(before)s;
+
+-- name: count_waiting_in_queue
+SELECT COUNT(*) AS n FROM perdure_runs
+WHERE queue = %(queue)s AND status IN ('delayed', 'queued', 'retrying');
+
+-- name: queue_stats
+SELECT queue, status, COUNT(*) AS n FROM perdure_runs
+WHERE status = ANY(%(statuses)s::text[])
+GROUP BY queue, status;
+
+-- name: find_debounced_run
+SELECT * FROM perdure_runs
+WHERE task_id = %(task_id)s AND debounce_key = %(debounce_key)s AND status = 'delayed'
+FOR UPDATE;
+
+-- name: update_debounced_run
+UPDATE perdure_runs
+SET input = %(input)s, available_at = %(available_at)s, updated_at = %(now)s,
+    event_seq = event_seq + 1
+WHERE id = %(id)s AND status = 'delayed'
+RETURNING *;
+
+-- name: set_debounce_key
+UPDATE perdure_runs SET debounce_key = %(debounce_key)s WHERE id = %(id)s;
+
+-- name: select_dead_letters
+SELECT id FROM perdure_runs
+WHERE status = 'failed'
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(task_id)s::text IS NULL OR task_id = %(task_id)s)
+ORDER BY id
+LIMIT %(limit)s;
+
+-- name: delete_runs
+DELETE FROM perdure_runs WHERE id = ANY(%(ids)s::text[]);
+
+-- name: delete_events
+DELETE FROM perdure_events WHERE run_id = ANY(%(ids)s::text[]);
+
+-- name: delete_steps
+DELETE FROM perdure_steps WHERE run_id = ANY(%(ids)s::text[]);
+
+-- name: lock_debounce
+-- Two triggers of one debounce key serialize here, so they collapse into a single run.
+SELECT pg_advisory_xact_lock(hashtext(%(task_id)s || ':' || %(debounce_key)s)) IS NULL AS locked;
+
+-- name: find_queues
+SELECT * FROM perdure_queues WHERE name = ANY(%(names)s::text[]);

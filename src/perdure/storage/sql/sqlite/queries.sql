@@ -1,6 +1,8 @@
 -- perdure queries for SQLite. Each `-- name:` block is one statement, loaded by name; the
 -- PostgreSQL file defines exactly the same names (a test checks it). List parameters arrive as
 -- JSON arrays and are read with json_each.
+-- Batch statements (insert_runs, insert_events, finish_attempts) run once per row here (an
+-- in-process call costs no round trip); PostgreSQL runs them once for the whole batch.
 
 -- name: insert_run
 INSERT INTO perdure_runs (
@@ -15,7 +17,24 @@ INSERT INTO perdure_runs (
 ON CONFLICT DO NOTHING
 RETURNING id;
 
+-- name: insert_runs
+-- Runs without an idempotency key, all at once; store.py checks every row was inserted.
+INSERT INTO perdure_runs (
+    id, task_id, queue, status, priority, input, attempt, max_attempts, timeout, version,
+    available_at, expires_at, idempotency_key, idempotency_expires_at, concurrency_key,
+    tags, metadata, parent_id, root_id, event_seq, created_at, updated_at
+) VALUES (
+    :id, :task_id, :queue, :status, :priority, :input, 0, :max_attempts, :timeout, :version,
+    :available_at, :expires_at, :idempotency_key, :idempotency_expires_at, :concurrency_key,
+    :tags, :metadata, :parent_id, :root_id, 1, :now, :now
+)
+ON CONFLICT DO NOTHING;
+
 -- name: insert_event
+INSERT INTO perdure_events (run_id, seq, type, at, data)
+VALUES (:run_id, :seq, :type, :at, :data);
+
+-- name: insert_events
 INSERT INTO perdure_events (run_id, seq, type, at, data)
 VALUES (:run_id, :seq, :type, :at, :data);
 
@@ -81,6 +100,23 @@ SET status = :status,
 WHERE id = :id AND attempt = :attempt AND lease_owner = :worker_id
   AND status IN (SELECT value FROM json_each(:from_statuses))
 RETURNING event_seq, parent_id;
+
+-- name: finish_attempts
+-- finish_attempt, once per outcome of the batch.
+UPDATE perdure_runs
+SET status = :status,
+    output = :output,
+    error = :error,
+    lease_owner = NULL,
+    lease_expires_at = NULL,
+    available_at = :available_at,
+    finished_at = :finished_at,
+    updated_at = :now,
+    failures = failures + :failed,
+    event_seq = event_seq + :n_events
+WHERE id = :id AND attempt = :attempt AND lease_owner = :worker_id
+  AND status IN (SELECT value FROM json_each(:from_statuses))
+RETURNING id, attempt, event_seq, parent_id;
 
 -- name: cancel_run
 UPDATE perdure_runs
@@ -296,3 +332,131 @@ WHERE id IN (
 )
 AND status IN (SELECT value FROM json_each(:from_statuses))
 RETURNING id, event_seq;
+
+-- name: upsert_queue
+-- Limits only: a paused queue stays paused when a deploy re-declares it.
+INSERT INTO perdure_queues (name, concurrency, key_concurrency, rate_limit, rate_period,
+                            key_rate_limit, key_rate_period, max_depth, paused, updated_at)
+VALUES (:name, :concurrency, :key_concurrency, :rate_limit, :rate_period, :key_rate_limit,
+        :key_rate_period, :max_depth, 0, :now)
+ON CONFLICT (name) DO UPDATE SET
+    concurrency = excluded.concurrency, key_concurrency = excluded.key_concurrency,
+    rate_limit = excluded.rate_limit, rate_period = excluded.rate_period,
+    key_rate_limit = excluded.key_rate_limit, key_rate_period = excluded.key_rate_period,
+    max_depth = excluded.max_depth, updated_at = excluded.updated_at;
+
+-- name: set_queue_paused
+INSERT INTO perdure_queues (name, paused, updated_at) VALUES (:name, :paused, :now)
+ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at;
+
+-- name: list_queues
+SELECT * FROM perdure_queues ORDER BY name;
+
+-- name: lock_queues
+-- Inside BEGIN IMMEDIATE claims are already serialized; PostgreSQL locks these rows.
+SELECT * FROM perdure_queues WHERE name IN (SELECT value FROM json_each(:names)) ORDER BY name;
+
+-- name: count_running_in_queue
+SELECT COUNT(*) AS n FROM perdure_runs WHERE queue = :queue AND status = 'running';
+
+-- name: count_recent_starts
+SELECT COUNT(*) AS n FROM perdure_rate_starts WHERE queue = :queue AND at > :since;
+
+-- name: oldest_recent_start
+SELECT MIN(at) AS at FROM perdure_rate_starts WHERE queue = :queue AND at > :since;
+
+-- name: claim_candidates_keyed
+-- Fair across keys: the n-th waiting run of every key comes before the (n+1)-th of any key,
+-- and a key gets no more than its limits leave (running and recent starts counted).
+WITH busy AS (
+    SELECT concurrency_key AS k, COUNT(*) AS n FROM perdure_runs
+    WHERE queue = :queue AND status = 'running' AND concurrency_key IS NOT NULL
+    GROUP BY concurrency_key
+), recent AS (
+    SELECT concurrency_key AS k, COUNT(*) AS n FROM perdure_rate_starts
+    WHERE queue = :queue AND at > :since AND concurrency_key IS NOT NULL
+    GROUP BY concurrency_key
+), candidates AS (
+    SELECT id, concurrency_key, priority, available_at,
+           ROW_NUMBER() OVER (PARTITION BY concurrency_key
+                              ORDER BY priority DESC, available_at, id) AS rn
+    FROM perdure_runs
+    WHERE available_at IS NOT NULL AND available_at <= :now AND queue = :queue
+      AND +task_id IN (SELECT value FROM json_each(:task_ids))
+      AND (expires_at IS NULL OR expires_at > :now OR started_at IS NOT NULL)
+)
+SELECT c.id FROM candidates c
+LEFT JOIN busy b ON b.k = c.concurrency_key
+LEFT JOIN recent r ON r.k = c.concurrency_key
+WHERE c.concurrency_key IS NULL
+   OR (c.rn + COALESCE(b.n, 0) <= :key_concurrency AND c.rn + COALESCE(r.n, 0) <= :key_rate)
+ORDER BY c.rn, c.priority DESC, c.available_at, c.id
+LIMIT :limit;
+
+-- name: claim_ids
+UPDATE perdure_runs
+SET status = 'running',
+    attempt = attempt + 1,
+    lease_owner = :worker_id,
+    lease_expires_at = :now + :lease,
+    available_at = NULL,
+    started_at = COALESCE(started_at, :now),
+    updated_at = :now,
+    event_seq = event_seq + 1
+WHERE id IN (SELECT value FROM json_each(:ids))
+  AND available_at IS NOT NULL
+  AND status IN (SELECT value FROM json_each(:from_statuses))
+RETURNING *;
+
+-- name: insert_rate_start
+INSERT INTO perdure_rate_starts (queue, concurrency_key, at) VALUES (:queue, :concurrency_key, :at);
+
+-- name: prune_rate_starts
+DELETE FROM perdure_rate_starts WHERE at < :before;
+
+-- name: count_waiting_in_queue
+SELECT COUNT(*) AS n FROM perdure_runs
+WHERE queue = :queue AND status IN ('delayed', 'queued', 'retrying');
+
+-- name: queue_stats
+SELECT queue, status, COUNT(*) AS n FROM perdure_runs
+WHERE status IN (SELECT value FROM json_each(:statuses))
+GROUP BY queue, status;
+
+-- name: find_debounced_run
+SELECT * FROM perdure_runs
+WHERE task_id = :task_id AND debounce_key = :debounce_key AND status = 'delayed';
+
+-- name: update_debounced_run
+UPDATE perdure_runs
+SET input = :input, available_at = :available_at, updated_at = :now,
+    event_seq = event_seq + 1
+WHERE id = :id AND status = 'delayed'
+RETURNING *;
+
+-- name: set_debounce_key
+UPDATE perdure_runs SET debounce_key = :debounce_key WHERE id = :id;
+
+-- name: select_dead_letters
+SELECT id FROM perdure_runs
+WHERE status = 'failed'
+  AND (:queue IS NULL OR queue = :queue)
+  AND (:task_id IS NULL OR task_id = :task_id)
+ORDER BY id
+LIMIT :limit;
+
+-- name: delete_runs
+DELETE FROM perdure_runs WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- name: delete_events
+DELETE FROM perdure_events WHERE run_id IN (SELECT value FROM json_each(:ids));
+
+-- name: delete_steps
+DELETE FROM perdure_steps WHERE run_id IN (SELECT value FROM json_each(:ids));
+
+-- name: lock_debounce
+-- Writers are serialized by BEGIN IMMEDIATE; PostgreSQL takes an advisory lock per key.
+SELECT 1 AS locked;
+
+-- name: find_queues
+SELECT * FROM perdure_queues WHERE name IN (SELECT value FROM json_each(:names));

@@ -1,0 +1,33 @@
+"""Run one chaos worker process until SIGTERM (or SIGKILL).
+
+Usage: python chaos_worker.py DATABASE_URL
+
+Prints `ready <worker id>` once the worker has started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from chaos_app import build_engine, side_pool
+
+
+async def main(url: str) -> None:
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    async with side_pool(url) as executions:
+        engine = build_engine(url, executions)
+        await engine.start()
+        print(f"ready {engine.worker_id}", flush=True)
+        await engine.run_worker(stop)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("psycopg").setLevel(logging.ERROR)
+    asyncio.run(main(sys.argv[1]))
