@@ -8,14 +8,15 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
 CODE := $(wildcard src tests examples benchmarks)
 
-.PHONY: help demo test lint fmt typecheck bench clean
+.PHONY: help demo test lint fmt typecheck bench bench-peers clean
 
 help:
 	@echo "make demo   run examples/demo.py (retries, timeout, cancel, crash recovery)"
 	@echo "make test   lint, type-check and run the whole test suite"
 	@echo "make lint   ruff check + ruff format --check"
 	@echo "make fmt    format and auto-fix with ruff"
-	@echo "make bench  drain 20,000 runs on SQLite (benchmarks/drain.py)"
+	@echo "make bench  perdure's workloads on SQLite and PostgreSQL (benchmarks/harness.py)"
+	@echo "make bench-peers  perdure beside DBOS, Procrastinate, PgQueuer, Celery (own venv)"
 
 $(BIN)/python:
 	@test -n "$(PYTHON)" || { echo "error: Python 3.11 or newer is required (python3, python3.12 or python3.11 on PATH)" >&2; exit 1; }
@@ -47,8 +48,19 @@ typecheck: $(VENV)/.installed-dev
 test: lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider
 
-bench: $(VENV)/.installed
-	$(BIN)/python benchmarks/drain.py --backend sqlite --runs 20000
+# Results: benchmarks/results/<date>.md (+ .json). PostgreSQL: $$PERDURE_TEST_POSTGRES_URL.
+bench: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/harness.py perdure
+
+# The peers live in their own virtualenv: never a dependency of perdure.
+PEERS_VENV := benchmarks/.peers-venv
+$(PEERS_VENV)/.installed: benchmarks/peers/requirements.txt
+	@test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip --quiet --disable-pip-version-check install -r $<
+	@touch $@
+
+bench-peers: $(VENV)/.installed-dev $(PEERS_VENV)/.installed
+	$(BIN)/python benchmarks/harness.py peers
 
 clean:
 	rm -rf .perdure .pytest_cache .ruff_cache

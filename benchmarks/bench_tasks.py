@@ -1,10 +1,14 @@
-"""The engine and the no-op task every benchmark process defines identically."""
+"""The engine and the tasks (no-op, latency probe) every benchmark process defines identically."""
 
 from __future__ import annotations
+
+import time
 
 from perdure import Engine, RunContext, Task
 
 NOOP_TASK_ID = "bench.noop"
+#: Input: the wall-clock time taken just before the trigger call; output: body start - input.
+LATENCY_TASK_ID = "bench.latency"
 
 
 def make_engine(
@@ -16,5 +20,9 @@ def make_engine(
     @engine.task(id=NOOP_TASK_ID)
     async def noop(ctx: RunContext, n: int) -> None:
         return None
+
+    @engine.task(id=LATENCY_TASK_ID)
+    async def latency(ctx: RunContext, t0: float) -> float:
+        return time.time() - t0
 
     return engine, noop

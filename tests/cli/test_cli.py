@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 import typer
 
-from perdure import Engine, RetryPolicy, RunContext, RunStatus
+from perdure import Engine, Parent, RetryPolicy, RunContext, RunStatus, child
+from perdure.cli import runs as runs_cli
 from perdure.cli.main import app, main
 from perdure.engine.config import OPTIONS
 
@@ -370,3 +371,65 @@ def test_worker_process_runs_triggered_work_and_stops_on_sigterm(
     assert "SIGTERM: shutting down" in err
     assert "perdure worker: app" in err
     assert run_status(db_url, napping) is RunStatus.QUEUED
+
+
+def make_tree(url: str) -> dict[str, str]:
+    """A finished tree made by an in-process engine: root → [mid → (leaf x3), leaf]."""
+    engine = Engine(url)
+
+    @engine.task(id="leaf")
+    async def leaf(ctx: RunContext, n: int) -> int:
+        return n
+
+    @engine.parent_task(id="mid")
+    def mid(ctx: RunContext, n: int) -> Parent[None]:
+        return Parent(children=[child(leaf, i) for i in range(n)])
+
+    @engine.parent_task(id="root")
+    def root(ctx: RunContext, n: int) -> Parent[None]:
+        return Parent(children=[child(mid, n), child(leaf, 99)])
+
+    async def go() -> dict[str, str]:
+        async with engine:
+            handle = await root.trigger(3)
+            await handle.result(timeout=10)
+            first, last = await engine.children(handle.id)
+            return {"root": handle.id, "mid": first.id, "leaf": last.id}
+
+    return asyncio.run(go())
+
+
+def test_runs_show_tree_prints_the_run_tree(
+    cli: Any, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = make_tree(db_url)
+    shown = cli("runs", "show", ids["root"], "--tree")
+    assert shown.code == 0, shown.err
+    lines = shown.out.splitlines()
+    assert len(lines) == 6
+    assert lines[0].split() == [ids["root"], "root", "completed"]
+    assert lines[1].split()[-3:] == [ids["mid"], "mid", "completed"]
+    for line in lines[2:5]:  # the grandchildren, indented below "mid"
+        assert line.split()[-2:] == ["leaf", "completed"]
+        assert line.index("run_") > lines[1].index("run_")
+    assert lines[5].split()[-3:] == [ids["leaf"], "leaf", "completed"]
+    assert lines[5].index("run_") == lines[1].index("run_")
+
+    data = json.loads(cli("runs", "show", ids["root"], "--tree", "--json").out)
+    assert (data["task_id"], data["status"], data["more"]) == ("root", "completed", 0)
+    assert [c["id"] for c in data["children"]] == [ids["mid"], ids["leaf"]]
+    assert [c["task_id"] for c in data["children"][0]["children"]] == ["leaf"] * 3
+
+    monkeypatch.setattr(runs_cli, "TREE_MAX_NODES", 3)  # bounded: the rest is counted
+    cut = cli("runs", "show", ids["root"], "--tree")
+    assert cut.code == 0, cut.err
+    assert [line.split()[-2:] for line in cut.out.splitlines()] == [
+        ["root", "completed"],
+        ["mid", "completed"],
+        ["3", "more"],  # mid's children: "… 3 more"
+        ["leaf", "completed"],
+    ]
+
+    missing = cli("runs", "show", "run_00000000000000000000000000", "--tree")
+    assert missing.code == 1
+    assert "not found" in one_line_error(missing)

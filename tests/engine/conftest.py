@@ -82,7 +82,8 @@ APPS = Path(__file__).parent / "apps"
 
 
 class WorkerProcesses:
-    """Worker subprocesses running `apps/worker_app.py` tasks on a shared database."""
+    """Subprocesses on a shared database: workers of `apps/worker_app.py` by default, or any
+    script under `apps/`."""
 
     def __init__(self, url: str, tmp_path: Path) -> None:
         self.url = url
@@ -92,14 +93,15 @@ class WorkerProcesses:
         self.procs: list[subprocess.Popen[bytes]] = []
         self._logs: list[Path] = []
 
-    def start(self) -> subprocess.Popen[bytes]:
+    def start(self, script: str = "run_worker.py", *args: str) -> subprocess.Popen[bytes]:
+        """Start `apps/<script> URL ARGS...` (by default a worker of `worker_app.py`)."""
         log_path = self._tmp / f"worker-{len(self.procs)}.log"
         self._logs.append(log_path)
         env = {**os.environ, "PERDURE_TEST_MARKER_DIR": str(self.markers)}
         env.pop("PERDURE_DATABASE_URL", None)
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, str(APPS / "run_worker.py"), self.url],
+                [sys.executable, str(APPS / script), self.url, *args],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -1,4 +1,5 @@
-"""The `perdure` command line: `worker`, `trigger`, `runs ls|show|cancel`, `migrate`.
+"""The `perdure` command line: `worker`, `trigger`, `runs ls|show|cancel|replay`,
+`queues ls|pause|resume|set-limit`, `dlq ls|replay|purge`, `migrate`.
 
 Every command goes through the engine's public operations; none runs SQL of its own. Errors
 a user can fix are one line on stderr (`error: …`), exit code 2 for bad input and 1 otherwise.
@@ -31,6 +32,8 @@ from perdure.cli.common import (
     run,
     run_with_engine,
 )
+from perdure.cli.dlq import app as dlq_app
+from perdure.cli.queues import app as queues_app
 from perdure.cli.runs import app as runs_app
 from perdure.core.errors import (
     ConfigurationError,
@@ -54,6 +57,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(runs_app)
+app.add_typer(queues_app)
+app.add_typer(dlq_app)
 
 _SPECS = {spec.name: spec for spec in OPTIONS}
 _METAVARS = {"_positive_int": "N", "_duration": "SECONDS", "_queues": "Q1,Q2"}
@@ -155,6 +160,9 @@ def worker(
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(ContextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
+    # psycopg's pool logs every checkout at INFO and every reconnect attempt at WARNING;
+    # perdure reports database outages itself, once (engine/breaker.py).
+    logging.getLogger("psycopg").setLevel(level if level <= logging.DEBUG else logging.ERROR)
     options = engine.options
     render.console(stderr=True).print(
         Text(

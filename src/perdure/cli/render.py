@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -12,9 +13,12 @@ from rich.console import Console, Group, RenderableType
 from rich.json import JSON
 from rich.table import Table
 from rich.text import Text
+from rich.tree import Tree
 
+from perdure.core.limits import QueueLimits, RateLimit
 from perdure.core.models import Run, RunEvent, RunPage
 from perdure.core.statuses import RunStatus
+from perdure.engine.queues import QueueInfo
 
 STATUS_STYLES: dict[RunStatus, str] = {
     RunStatus.DELAYED: "bright_black",
@@ -212,3 +216,136 @@ def run_json(run: Run, events: list[RunEvent] | None = None) -> dict[str, Any]:
     if events is not None:
         data["events"] = [event.to_json() for event in events]
     return data
+
+
+# --- queues and dead letters -------------------------------------------------------------------
+
+
+def _limit(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def format_rate(rate: RateLimit | None) -> str:
+    """`100/60s`: at most 100 starts in any 60-second window."""
+    return "-" if rate is None else f"{rate.limit}/{rate.per:g}s"
+
+
+def limits_summary(limits: QueueLimits) -> str:
+    return (
+        f"concurrency {_limit(limits.concurrency)}, "
+        f"key concurrency {_limit(limits.key_concurrency)}, "
+        f"rate {format_rate(limits.rate_limit)}, key rate {format_rate(limits.key_rate_limit)}, "
+        f"max depth {_limit(limits.max_depth)}" + (", paused" if limits.paused else "")
+    )
+
+
+def queues_table(infos: list[QueueInfo]) -> Table:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    table.add_column("queue", no_wrap=True)
+    for name in ("waiting", "running", "suspended", "concurrency", "key concurrency"):
+        table.add_column(name, justify="right")
+    table.add_column("rate", justify="right", no_wrap=True)
+    table.add_column("key rate", justify="right", no_wrap=True)
+    table.add_column("max depth", justify="right")
+    table.add_column("paused", no_wrap=True)
+    for info in infos:
+        limits = info.limits
+        table.add_row(
+            Text(info.name),
+            Text(str(info.waiting)),
+            Text(str(info.running)),
+            Text(str(info.suspended)),
+            Text(_limit(limits.concurrency)),
+            Text(_limit(limits.key_concurrency)),
+            Text(format_rate(limits.rate_limit)),
+            Text(format_rate(limits.key_rate_limit)),
+            Text(_limit(limits.max_depth)),
+            Text("paused", style="yellow") if limits.paused else Text("no"),
+        )
+    return table
+
+
+def _rate_json(rate: RateLimit | None) -> dict[str, Any] | None:
+    return None if rate is None else {"limit": rate.limit, "per": rate.per}
+
+
+def queue_json(info: QueueInfo) -> dict[str, Any]:
+    limits = info.limits
+    return {
+        "name": info.name,
+        "waiting": info.waiting,
+        "running": info.running,
+        "suspended": info.suspended,
+        "concurrency": limits.concurrency,
+        "key_concurrency": limits.key_concurrency,
+        "rate_limit": _rate_json(limits.rate_limit),
+        "key_rate_limit": _rate_json(limits.key_rate_limit),
+        "max_depth": limits.max_depth,
+        "paused": limits.paused,
+    }
+
+
+def dead_letters_table(page: RunPage) -> Table:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    table.add_column("id", no_wrap=True)
+    table.add_column("task", no_wrap=True)
+    table.add_column("queue", no_wrap=True)
+    table.add_column("attempt", justify="right")
+    table.add_column("failed at", no_wrap=True)
+    table.add_column("error", overflow="fold")
+    for run in page.runs:
+        error = "-" if run.error is None else f"{run.error.type}: {run.error.message}"
+        table.add_row(
+            Text(run.id),
+            Text(run.task_id),
+            Text(run.queue),
+            Text(str(run.attempt)),
+            Text(format_time(run.finished_at)),
+            Text(error if len(error) <= 120 else error[:119] + "…"),
+        )
+    return table
+
+
+@dataclass(eq=False)
+class RunTree:
+    """A run and the part of its subtree that is shown; `hidden` counts the children left out
+    (too many nodes, or too deep)."""
+
+    run: Run
+    children: list[RunTree] = field(default_factory=list["RunTree"])
+    hidden: int = 0
+
+
+def _tree_label(run: Run) -> Text:
+    label = Text(run.id)
+    label.append("  ")
+    label.append(run.task_id)
+    label.append("  ")
+    label.append_text(status_text(run.status))
+    return label
+
+
+def run_tree(tree: RunTree) -> Tree:
+    """`perdure runs show --tree`: one line per run (id, task, status), children indented."""
+    top = Tree(_tree_label(tree.run), guide_style="bright_black")
+    pending: list[tuple[Tree, RunTree]] = [(top, tree)]
+    while pending:  # iterative: a deep tree must not exhaust the recursion limit here
+        branch, node = pending.pop()
+        for kid in node.children:
+            pending.append((branch.add(_tree_label(kid.run)), kid))
+        if node.hidden:
+            branch.add(Text(f"… {node.hidden} more", style="dim"))
+    return top
+
+
+def run_tree_json(tree: RunTree) -> dict[str, Any]:
+    def node(item: RunTree) -> dict[str, Any]:
+        return {
+            "id": item.run.id,
+            "task_id": item.run.task_id,
+            "status": item.run.status.value,
+            "children": [node(kid) for kid in item.children],
+            "more": item.hidden,
+        }
+
+    return node(tree)

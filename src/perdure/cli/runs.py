@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections import deque
 from typing import Annotated
 
 import typer
@@ -22,6 +23,10 @@ app = typer.Typer(
 )
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+#: `runs show --tree` shows at most this many runs, and this many levels below the run.
+TREE_MAX_NODES = 1000
+TREE_MAX_DEPTH = 50
 
 
 @app.command("ls")
@@ -68,9 +73,24 @@ def show_run(
     ctx: typer.Context,
     run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run's id.")],
     as_json: JsonFlag = False,
+    tree: Annotated[
+        bool,
+        typer.Option(
+            "--tree",
+            help=f"Print the run's tree of child runs (id, task, status) instead, up to "
+            f"{TREE_MAX_NODES:,} runs.",
+        ),
+    ] = False,
 ) -> None:
     """Show a run: status, attempt, input, output, error and its event history."""
     state: State = ctx.obj
+    if tree:
+        shown = run_with_engine(new_engine(state), lambda engine: collect_tree(engine, run_id))
+        if as_json:
+            render.print_json(render.run_tree_json(shown))
+        else:
+            render.console().print(render.run_tree(shown))
+        return
 
     async def work(engine: Engine) -> tuple[Run, list[RunEvent]]:
         run = await engine.get_run(run_id)
@@ -119,3 +139,29 @@ def replay_run(
         return (await engine.replay(run_id)).id
 
     sys.stdout.write(run_with_engine(new_engine(state), work) + "\n")
+
+
+async def collect_tree(
+    engine: Engine,
+    run_id: str,
+    max_nodes: int | None = None,
+    max_depth: int | None = None,
+) -> render.RunTree:
+    """The run and its descendants, breadth first (so the top levels show when the tree is
+    cut), through `engine.children`; children beyond the limits are counted, not shown."""
+    max_nodes = TREE_MAX_NODES if max_nodes is None else max_nodes
+    max_depth = TREE_MAX_DEPTH if max_depth is None else max_depth
+    top = render.RunTree(await engine.get_run(run_id))
+    shown = 1
+    queue: deque[tuple[render.RunTree, int]] = deque([(top, 0)])
+    while queue:
+        node, depth = queue.popleft()
+        kids = await engine.children(node.run.id)
+        room = 0 if depth >= max_depth else max(0, max_nodes - shown)
+        for kid in kids[:room]:
+            branch = render.RunTree(kid)
+            node.children.append(branch)
+            queue.append((branch, depth + 1))
+        shown += len(node.children)
+        node.hidden = len(kids) - len(node.children)
+    return top

@@ -6,7 +6,8 @@ it is open all callers wait for one shared retry time instead of hammering the d
 the wait doubles each time a retry fails (capped exponential backoff, 0.1 s to 5 s by
 default). The first success closes it. Opening logs one warning line and closing one info
 line, whatever the number of callers or failed retries in between; the process never exits
-because of it.
+because of it. Closing wakes every caller waiting for the retry time, so work resumes as soon
+as one call gets through.
 
 Thread-safe (the heartbeat reports from its own thread). Time comes from an injectable
 monotonic clock, so the state machine is unit-tested without sleeping.
@@ -15,6 +16,7 @@ monotonic clock, so the state machine is unit-tested without sleeping.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import threading
@@ -61,6 +63,7 @@ class CircuitBreaker:
         self._last_success = clock()
         self._closed_at: float | None = None
         self._last_outage = 0.0
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         #: How many times the breaker opened (for tests and metrics).
         self.openings = 0
 
@@ -99,6 +102,10 @@ class CircuitBreaker:
             outage = now - self._opened_at
             self._closed_at = now
             self._last_outage = outage
+            waiters, self._waiters = self._waiters, []
+        for loop, future in waiters:
+            with contextlib.suppress(RuntimeError):  # that loop has closed: nobody waits
+                loop.call_soon_threadsafe(_wake, future)
         self._log.info("database reachable again after %.1f s", outage, extra=self._extra)
 
     def record_failure(self, exc: BaseException) -> float:
@@ -140,10 +147,27 @@ class CircuitBreaker:
             return max(0.0, self._retry_at - self._clock())
 
     async def wait(self) -> None:
-        """Sleep until the next retry time while the breaker is open (at once when closed)."""
-        delay = self.wait_time()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        """Sleep until the next retry time while the breaker is open, or until it closes
+        (returns at once when closed)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            if self._state is BreakerState.CLOSED:
+                return
+            delay = self._retry_at - self._clock()
+            if delay <= 0:
+                return
+            self._waiters.append((loop, future))
+        try:
+            await asyncio.wait([future], timeout=delay)
+        finally:
+            with self._lock, contextlib.suppress(ValueError):
+                self._waiters.remove((loop, future))
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def describe(exc: BaseException) -> str:

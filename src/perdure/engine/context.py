@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections.abc import Awaitable, Callable
@@ -23,39 +24,57 @@ T = TypeVar("T")
 
 
 class Signal:
-    """A flag set once by the engine, readable from async code and from threads."""
+    """A flag set once by the engine, readable from async code and from threads.
+
+    Every attempt makes two and most are never waited on, so the waiting machinery (a
+    `threading.Event` for threads, an `asyncio.Event` per async waiter) is made on first wait.
+    """
+
+    __slots__ = ("_flag", "_thread_event", "_waiters")
+
+    #: Guards every Signal's waiter registration; held for a few instructions, rarely taken.
+    _lock = threading.Lock()
 
     def __init__(self) -> None:
-        self._flag = threading.Event()
+        self._flag = False
+        self._thread_event: threading.Event | None = None
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
-        self._lock = threading.Lock()
 
     def is_set(self) -> bool:
-        return self._flag.is_set()
+        return self._flag
 
     def __bool__(self) -> bool:
-        return self._flag.is_set()
+        return self._flag
 
     def set(self) -> None:
         with self._lock:
-            self._flag.set()
+            self._flag = True
+            thread_event = self._thread_event
             waiters = list(self._waiters)
+        if thread_event is not None:
+            thread_event.set()
         for loop, event in waiters:
             if not loop.is_closed():
                 loop.call_soon_threadsafe(event.set)
 
     async def wait(self) -> None:
-        if self._flag.is_set():
+        if self._flag:
             return
         event = asyncio.Event()
         with self._lock:
-            if self._flag.is_set():
+            if self._flag:
                 return
             self._waiters.append((asyncio.get_running_loop(), event))
         await event.wait()
 
     def wait_sync(self, timeout: float | None = None) -> bool:
-        return self._flag.wait(timeout)
+        with self._lock:
+            if self._flag:
+                return True
+            if self._thread_event is None:
+                self._thread_event = threading.Event()
+            thread_event = self._thread_event
+        return thread_event.wait(timeout)
 
 
 class _HistoryLog(logging.LoggerAdapter[logging.Logger]):
@@ -96,14 +115,18 @@ class RunContext:
         self._durable = Durable(self, run, worker_id)
         self._pending_events: list[tuple[str, dict[str, Any]]] = []
         self._saved_metadata: dict[str, Any] = dict(run.metadata)
+
+    @functools.cached_property
+    def log(self) -> _HistoryLog:
+        """A logger carrying the run's context; each line is also kept in its history."""
         extra = {
-            "run_id": run.id,
-            "task_id": run.task_id,
-            "attempt": run.attempt,
-            "worker_id": worker_id,
+            "run_id": self.run_id,
+            "task_id": self.task_id,
+            "attempt": self.attempt,
+            "worker_id": self.worker_id,
         }
-        self.log = _HistoryLog(
-            logging.getLogger(f"perdure.task.{run.task_id}"), extra, self._buffer_event
+        return _HistoryLog(
+            logging.getLogger(f"perdure.task.{self.task_id}"), extra, self._buffer_event
         )
 
     def __repr__(self) -> str:

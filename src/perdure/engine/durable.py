@@ -19,9 +19,10 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from perdure.core.errors import (
+    DuplicateRunError,
     ErrorInfo,
     InvalidOptionError,
     NonDeterminismError,
@@ -64,6 +65,13 @@ class Suspend(BaseException):
         self.wait_positions = list(wait_positions)
         self.wake_at = wake_at
         self.status = status
+
+
+class StartsWithSteps(Protocol):
+    """A task whose new runs start with durable records (a sleeping task's wake-up token),
+    stored in the transaction that creates the run, so they exist before it first runs."""
+
+    def initial_steps(self, run_id: str, input: Any, now: float) -> list[StepRecord]: ...
 
 
 class LeaseLost(BaseException):
@@ -142,8 +150,20 @@ class Durable:
             )
         return record
 
-    async def record(self, steps: Sequence[StepRecord], children: Sequence[NewRun] = ()) -> None:
-        ok = await self.storage.record_steps(self.fence, steps, self.now, children=children)
+    async def record(
+        self,
+        steps: Sequence[StepRecord],
+        children: Sequence[NewRun] = (),
+        child_steps: Sequence[StepRecord] = (),
+    ) -> None:
+        try:
+            ok = await self.storage.record_steps(
+                self.fence, steps, self.now, children=children, child_steps=child_steps
+            )
+        except DuplicateRunError as exc:  # the same ids would collide on every retry
+            raise NonRetryableError(
+                f"run {self.run.id} of task {self.run.task_id!r}: {exc}"
+            ) from exc
         if not ok:
             raise LeaseLost(f"run {self.run.id} attempt {self.run.attempt} lost its lease")
         if self.recorded is not None:
@@ -230,12 +250,12 @@ class Durable:
 
     # --- tokens ------------------------------------------------------------------------------
 
-    async def create_token(self, timeout: float | None) -> Token:
+    async def create_token(self, timeout: float | None, token_id: str | None = None) -> Token:
         position = self.reserve()
         record = await self.lookup(position, "token", "token")
         if record is None:
             timeout_at = None if timeout is None else self.now + timeout
-            token_id = new_id("tok")
+            token_id = token_id or new_id("tok")
             record = self._step(
                 position,
                 "token",
@@ -292,8 +312,8 @@ class Durable:
         if n == 0:
             return []
         limit = self.ctx.engine.options.max_children
-        if n > limit:
-            raise PerdureError(
+        if n > limit:  # the same children would be refused on every retry
+            raise NonRetryableError(
                 f"{n} children requested by run {self.run.id}; the limit is "
                 f"{limit} (engine option max_children)"
             )
@@ -313,7 +333,15 @@ class Durable:
                 self._step(p, "child", task.id, STEP_PENDING, child_run_id=c.id, batch=first)
                 for p, (task, _), c in zip(positions, children, new_runs, strict=True)
             ]
-            await self.record(steps, new_runs)
+            now = self.now
+            child_steps = [
+                step
+                for (task, value), c in zip(children, new_runs, strict=True)
+                # hasattr, not a runtime-checkable Protocol: isinstance on those is slow
+                if hasattr(task, "initial_steps")
+                for step in typing.cast(StartsWithSteps, task).initial_steps(c.id, value, now)
+            ]
+            await self.record(steps, new_runs, child_steps)
             raise Suspend(positions, None, status)
         if any(r is None or r.status == STEP_PENDING for r in records):
             raise Suspend(positions, None, status)

@@ -339,7 +339,11 @@ class Engine(QueueOps):
                 "@engine.task(...) before starting a worker"
             )
         self._worker = Worker(self, storage, self.options, self._tasks)
-        await self._worker.start()
+        try:
+            await self._worker.start()
+        except BaseException:
+            self._worker = None  # e.g. the database is down: a later start() tries again
+            raise
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Stop claiming, let running attempts finish up to `grace` seconds (default
@@ -423,8 +427,8 @@ class Engine(QueueOps):
         if isinstance(task, SleepingTask):
             return await self._create_sleeping(task, inputs, new_runs, now)
         if options.rate_limit == "reject":
-            for queue in sorted({r.queue for r in new_runs}):
-                await storage.check_rate(queue, now)
+            for queue, key in sorted({(r.queue, r.concurrency_key or "") for r in new_runs}):
+                await storage.check_rate(queue, now, key or None)
         out_codec = task.output_codec if isinstance(task, Task) else None
         if options.debounce is not None:
             if len(new_runs) != 1:
@@ -556,7 +560,12 @@ class Engine(QueueOps):
         handles: list[RunHandle[Any]] = await self._trigger_many(
             task,
             [source.input],
-            TriggerOptions.build(queue=source.queue, priority=source.priority, tags=source.tags),
+            TriggerOptions.build(
+                queue=source.queue,
+                priority=source.priority,
+                tags=source.tags,
+                concurrency_key=source.concurrency_key,
+            ),
         )
         return handles[0]
 
@@ -583,7 +592,10 @@ class Engine(QueueOps):
                 break
         task = await self._task_or_info(source.task_id)
         options = TriggerOptions.build(
-            queue=source.queue, priority=source.priority, tags=source.tags
+            queue=source.queue,
+            priority=source.priority,
+            tags=source.tags,
+            concurrency_key=source.concurrency_key,
         )
         new_run = self._new_runs(task, [source.input], options)[0]
         await storage.fork_run(new_run, run_id, upto, self.clock.time())

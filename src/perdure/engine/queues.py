@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 UNLIMITED = 0
 
 
+def _is_unlimited(value: Any) -> bool:
+    return type(value) is int and value == UNLIMITED
+
+
 @dataclass(frozen=True, slots=True)
 class QueueInfo:
     """A queue as `perdure queues ls` shows it: its limits and what is in it now."""
@@ -70,12 +74,10 @@ class QueueOps:
         unknown = sorted(set(limits) - allowed)
         if unknown:
             raise InvalidOptionError(unknown[0], f"one of {', '.join(sorted(allowed))}", limits)
+        changes = {k: (None if _is_unlimited(v) else v) for k, v in limits.items()}
+        replace(QueueLimits(name), **changes)  # invalid values fail before connecting
         storage = await self._ensure_open()
-        current = {q.name: q for q in await storage.list_queues()}.get(name, QueueLimits(name))
-        changes = {k: (None if v == UNLIMITED else v) for k, v in limits.items()}
-        updated = replace(current, **changes)
-        await storage.upsert_queues([updated], self.clock.time())
-        return updated
+        return await storage.update_queue_limits(name, changes, self.clock.time())
 
     async def pause_queue(self, name: str) -> None:
         """Workers stop claiming from the queue (running attempts finish); triggers still land."""

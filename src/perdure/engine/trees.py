@@ -29,8 +29,16 @@ from perdure.core.errors import (
 )
 from perdure.core.models import RunResult, StepRecord
 from perdure.core.retry import RetryPolicy, to_seconds
+from perdure.core.serialization import (
+    Codec,
+    SerializationErrors,
+    check_size,
+    codec_for,
+    describe_type,
+)
 from perdure.core.statuses import RunStatus
 from perdure.engine.context import RunContext
+from perdure.engine.durable import Durable
 from perdure.engine.task import Task, TriggerOptions, signature_types
 from perdure.storage.steps import STEP_PENDING
 
@@ -139,22 +147,25 @@ def make_parent_task(
     elif finalize_fn is not None:
         out_type = _declared_return(finalize_fn)
 
+    parent_output = _parent_output_codec(fn)
+
     async def body(ctx: RunContext, input: Any = None) -> Any:
         durable = ctx._durable  # pyright: ignore[reportPrivateUsage]
-        plan = await ctx.step("parent", _run_parent, fn, ctx, input, takes_input)
+        plan = await ctx.step("parent", _run_parent, fn, ctx, input, takes_input, parent_output)
         specs = [(engine.get_task(c["task_id"]), c["input"]) for c in plan["children"]]
-        if len(specs) > engine.options.max_children:
-            raise InvalidOptionError(
-                "children",
-                f"at most {engine.options.max_children} per parent (engine option max_children)",
-                f"{len(specs)} children",
-            )
-        results = await durable.spawn_and_wait(specs, _NO_OPTIONS, RunStatus.WAITING_FOR_CHILDREN)
+        results = await _spawn(
+            durable, specs, RunStatus.WAITING_FOR_CHILDREN, NonRetryableError, f"parent {id!r}"
+        )
         children = [_child_result(r, task.id) for r, (task, _) in zip(results, specs, strict=True)]
-        final_input = FinalizeInput(output=plan["output"], children=children)
+        output = None if plan["output"] is None else parent_output.load(plan["output"])
+        final_input = FinalizeInput(output=output, children=children)
         if finalize_task is not None:
-            [outcome] = await durable.spawn_and_wait(
-                [(finalize_task, final_input)], _NO_OPTIONS, RunStatus.WAITING_FOR_FINALIZE
+            [outcome] = await _spawn(
+                durable,
+                [(finalize_task, final_input)],
+                RunStatus.WAITING_FOR_FINALIZE,
+                FinalizeFailedError,
+                f"parent {id!r} could not start its finalize task {finalize_task.id!r}",
             )
             if not outcome.ok:
                 raise FinalizeFailedError(
@@ -184,7 +195,11 @@ def make_parent_task(
 
 
 async def _run_parent(
-    fn: Callable[..., Any], ctx: RunContext, input: Any, takes_input: bool
+    fn: Callable[..., Any],
+    ctx: RunContext,
+    input: Any,
+    takes_input: bool,
+    output_codec: Codec[Any],
 ) -> dict[str, Any]:
     """Run the parent's function once; what it returns is recorded in a JSON form (task ids
     and validated inputs), so a replay rebuilds the same children without calling it."""
@@ -197,8 +212,14 @@ async def _run_parent(
             "returns Parent(output=..., children=[child(task, input), ...])"
         )
     parent = typing.cast(Parent[Any], result)
+    options = ctx.engine.options
+    if len(parent.children) > options.max_children:  # the same on every retry: fail at once
+        raise NonRetryableError(
+            f"parent task {ctx.task_id!r} returned {len(parent.children)} children; the limit "
+            f"is {options.max_children} per parent (engine option max_children)"
+        )
     children: list[dict[str, Any]] = []
-    for spec in parent.children:
+    for i, spec in enumerate(parent.children):
         if not isinstance(spec, ChildSpec):
             raise NonRetryableError(
                 f"parent task {ctx.task_id!r}: children must be made with child(task, input)"
@@ -206,10 +227,20 @@ async def _run_parent(
         task = spec.task
         try:
             value = task.input_codec.validate(spec.input, task_id=task.id)
+            check_size(
+                task.input_codec.dump_json(value), options.max_payload_bytes, "input", task.id
+            )
         except InputValidationError as exc:  # the same input fails on every retry
-            raise NonRetryableError(f"parent task {ctx.task_id!r}: {exc}") from exc
+            raise NonRetryableError(f"parent task {ctx.task_id!r}, child {i}: {exc}") from exc
         children.append({"task_id": task.id, "input": task.input_codec.to_jsonable(value)})
-    return {"output": parent.output, "children": children}
+    try:
+        output = None if parent.output is None else output_codec.to_jsonable(parent.output)
+    except SerializationErrors as exc:
+        raise NonRetryableError(
+            f"parent task {ctx.task_id!r}: its output {type(parent.output).__name__} does not "
+            f"serialize as {describe_type(output_codec.type)}: {exc}"
+        ) from None
+    return {"output": output, "children": children}
 
 
 async def _call_finalize(fn: Callable[..., Any], ctx: RunContext, data: FinalizeInput[Any]) -> Any:
@@ -240,8 +271,12 @@ def make_sequence(engine: Engine, id: str, tasks: Sequence[Task[Any, Any]]) -> T
         durable = ctx._durable  # pyright: ignore[reportPrivateUsage]
         value = input
         for i, task in enumerate(tasks):
-            [result] = await durable.spawn_and_wait(
-                [(task, value)], _NO_OPTIONS, RunStatus.WAITING_FOR_CHILDREN
+            [result] = await _spawn(
+                durable,
+                [(task, value)],
+                RunStatus.WAITING_FOR_CHILDREN,
+                FinalizeFailedError,
+                f"sequence {id!r} could not start step {i} (task {task.id!r})",
             )
             if not result.ok:
                 raise FinalizeFailedError(
@@ -283,8 +318,12 @@ def make_loop(
         for i in range(max_iterations):
             if i and pause:
                 await ctx.sleep(pause)
-            [result] = await durable.spawn_and_wait(
-                [(iteration_task, input)], _NO_OPTIONS, RunStatus.WAITING_FOR_CHILDREN
+            [result] = await _spawn(
+                durable,
+                [(iteration_task, input)],
+                RunStatus.WAITING_FOR_CHILDREN,
+                FinalizeFailedError,
+                f"loop {id!r} could not start iteration {i} (task {iteration_task.id!r})",
             )
             if not result.ok:
                 raise FinalizeFailedError(
@@ -335,7 +374,10 @@ def make_sleeping_task(
         raise InvalidOptionError("timeout", "a duration > 0", timeout)
 
     async def body(ctx: RunContext, unique_id: str) -> Any:
-        token = await ctx.create_token(seconds)  # recorded at trigger time, position 0
+        # Position 0 is the token recorded with the run. A run created without it (triggered
+        # by task id from a process that lacks this definition) records it now, same id.
+        durable = ctx._durable  # pyright: ignore[reportPrivateUsage]
+        token = await durable.create_token(seconds, sleeping_token_id(id, unique_id))
         try:
             return await ctx.wait_for_token(token, output_type)
         except TokenTimeoutError:
@@ -356,6 +398,11 @@ class SleepingTask(Task[str, Out]):
 
     sleep_timeout: float = 0.0
 
+    def initial_steps(self, run_id: str, input: Any, now: float) -> list[StepRecord]:
+        """The wake-up token a new run starts with, stored with the run (also when it is a
+        child of a parent), so `engine.wakeup` finds it before the run first executes."""
+        return [sleeping_token_step(run_id, self.id, str(input), now + self.sleep_timeout)]
+
 
 def sleeping_token_step(run_id: str, task_id: str, unique_id: str, wake_at: float) -> StepRecord:
     """The token record a sleeping run is created with, so it can be woken before it starts."""
@@ -372,6 +419,31 @@ def sleeping_token_step(run_id: str, task_id: str, unique_id: str, wake_at: floa
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+async def _spawn(
+    durable: Durable,
+    specs: Sequence[tuple[Task[Any, Any], Any]],
+    status: RunStatus,
+    error: type[NonRetryableError],
+    what: str,
+) -> list[RunResult[Any]]:
+    """Start child runs and wait for them; an input the child refuses (type, size) fails the
+    run without retry, since it would be refused again on every retry."""
+    try:
+        return await durable.spawn_and_wait(specs, _NO_OPTIONS, status)
+    except InputValidationError as exc:
+        raise error(f"{what}: {exc}") from exc
+
+
+def _parent_output_codec(fn: Callable[..., Any]) -> Codec[Any]:
+    """Rehydrates the recorded `Parent.output` into `T` of a `-> Parent[T]` annotation."""
+    declared = _declared_return(fn)
+    if typing.get_origin(declared) is Parent:
+        args = typing.get_args(declared)
+        if args:
+            return codec_for(args[0])
+    return codec_for(Any)
 
 
 def _child_result(result: RunResult[Any], task_id: str) -> ChildResult:

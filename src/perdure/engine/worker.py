@@ -74,6 +74,7 @@ class Attempt:
     aio_task: asyncio.Task[None] | None = None
     stop_reason: str | None = None
     finishing: bool = False
+    started: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -85,7 +86,9 @@ class Attempt:
             return
         self.stop_reason = reason
         self.ctx.cancelled.set()
-        if self.aio_task is not None:
+        # A task cancelled before its first step never runs its cleanup: leave an unstarted
+        # attempt alone; it sees `stop_reason` as it starts and goes straight to cleanup.
+        if self.aio_task is not None and self.started:
             self.aio_task.cancel()
 
 
@@ -265,8 +268,10 @@ class Worker:
         outcome: Outcome | None = None
         suspend: Suspend | None = None
         current_context.set(attempt.ctx)  # this asyncio task's own context
+        attempt.started = True
         try:
-            outcome = await self._execute(attempt)
+            if attempt.stop_reason is None:
+                outcome = await self._execute(attempt)
         except asyncio.CancelledError as exc:
             this = asyncio.current_task()
             if attempt.stop_reason is None and this is not None and this.cancelling() == 0:
@@ -609,8 +614,9 @@ class Worker:
                     self._stop_deadline is not None and now + delay > self._stop_deadline
                 ):
                     raise
-                await asyncio.sleep(delay)
-                continue
+                if self._stopping:
+                    await asyncio.sleep(delay)
+                continue  # the loop's top waits for the breaker
             self._breaker.record_success()
             return result
 
@@ -649,7 +655,10 @@ class Worker:
     def _holding_recovery(self) -> bool:
         """Right after a database outage, leases that expired during it mostly belong to
         live workers that are reconnecting: give them as long as the outage lasted (plus the
-        breaker's longest retry wait, at most one lease) to renew before taking their runs."""
+        breaker's longest retry wait, at most one lease) to renew before taking their runs.
+        While the breaker is open, this sweep is a probe: it recovers nothing either."""
+        if self._breaker.is_open:
+            return True
         closed_at = self._breaker.closed_at
         if closed_at is None:
             return False

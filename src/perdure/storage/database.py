@@ -39,7 +39,8 @@ class Tx(ABC):
         self, name: str, rows: Sequence[Params], shared: Params | None = None
     ) -> int:
         """Run a batch statement for every row of `rows` (each with the `shared` parameters
-        too); returns the number of rows it changed.
+        too); returns the number of rows it changed. Rows hold scalar values; list
+        parameters go in `shared`.
 
         Batch statements are written per dialect with the same parameter names: SQLite runs
         the statement once per row (no round trips to save); PostgreSQL runs it once for the

@@ -9,6 +9,7 @@ slot. A run that waits (suspended, waiting for children) is not `running` and ho
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from perdure.core.errors import BackpressureError, RateLimitedError
@@ -53,6 +54,20 @@ def _queue_params(q: QueueLimits, now: float) -> dict[str, Any]:
     }
 
 
+async def _live_duplicates(tx: Tx, runs: Sequence[NewRun], queue: str, now: float) -> int:
+    """How many of `runs` on `queue` repeat a live idempotency key (they return that run)."""
+    found = 0
+    for run in runs:
+        if run.queue != queue or run.idempotency_key is None:
+            continue
+        key = {"task_id": run.task_id, "idempotency_key": run.idempotency_key}
+        row = await tx.fetchone("find_idempotent_run", key)
+        expires = None if row is None else row["idempotency_expires_at"]
+        if row is not None and (expires is None or expires > now):
+            found += 1
+    return found
+
+
 class QueueStore:
     """Mixed into `Storage`: queue settings, limited claims, backpressure, debounce, DLQ."""
 
@@ -64,9 +79,24 @@ class QueueStore:
         """Store queue limits (a paused queue stays paused)."""
         if not queues:
             return
+        # Name order, as claims lock queue rows: two writers cannot deadlock (PostgreSQL).
+        ordered = sorted(queues, key=lambda q: q.name)
         async with self.db.transaction() as tx:
-            await tx.executemany("upsert_queue", [_queue_params(q, now) for q in queues])
+            await tx.executemany("upsert_queue", [_queue_params(q, now) for q in ordered])
             tx.notify(CHANNEL_WORK)  # a raised limit may free slots at once
+
+    async def update_queue_limits(
+        self, name: str, changes: dict[str, Any], now: float
+    ) -> QueueLimits:
+        """Change some limits of one queue, keeping the others, in one transaction (the row
+        is locked while it is read, so two concurrent changes of different limits both land)."""
+        async with self.db.transaction() as tx:
+            rows = await tx.fetchall("lock_queues", {"names": [name]})
+            current = row_to_queue(rows[0]) if rows else QueueLimits(name)
+            updated = replace(current, **changes)
+            await tx.execute("upsert_queue", _queue_params(updated, now))
+            tx.notify(CHANNEL_WORK)
+        return updated
 
     async def set_queue_paused(self, name: str, paused: bool, now: float) -> None:
         async with self.db.transaction() as tx:
@@ -118,18 +148,26 @@ class QueueStore:
         if allowance <= 0:
             return []
         key_rate = limits.key_rate_limit
-        rows = await tx.fetchall(
-            "claim_candidates_keyed",
-            {
-                "queue": limits.name,
-                "task_ids": list(task_ids),
-                "now": now,
-                "since": now - (key_rate.per if key_rate else 0.0),
-                "key_concurrency": limits.key_concurrency or _NO_LIMIT,
-                "key_rate": key_rate.limit if key_rate else _NO_LIMIT,
-                "limit": allowance,
-            },
-        )
+        params: dict[str, Any] = {
+            "queue": limits.name,
+            "task_ids": list(task_ids),
+            "now": now,
+            "limit": allowance,
+        }
+        keyed = limits.key_concurrency is not None or key_rate is not None
+        if not keyed:
+            # No per-key limits: plain priority order, as in an unlimited queue.
+            rows = await tx.fetchall("claim_candidates", params)
+        else:
+            rows = await tx.fetchall(
+                "claim_candidates_keyed",
+                {
+                    **params,
+                    "since": now - (key_rate.per if key_rate else 0.0),
+                    "key_concurrency": limits.key_concurrency or _NO_LIMIT,
+                    "key_rate": key_rate.limit if key_rate else _NO_LIMIT,
+                },
+            )
         if not rows:
             return []
         claimed = await tx.fetchall(
@@ -142,7 +180,8 @@ class QueueStore:
                 "from_statuses": sources_of(RunStatus.RUNNING),
             },
         )
-        if limits.rate_limit is not None or limits.key_rate_limit is not None:
+        # Starts feed the rate windows and, per key, the turn order of claim_candidates_keyed.
+        if limits.rate_limit is not None or keyed:
             await tx.executemany(
                 "insert_rate_start",
                 [
@@ -153,14 +192,23 @@ class QueueStore:
         return claimed
 
     async def prune_rate_starts(self, now: float) -> None:
+        """Forget starts older than any queue's rate window (and at least RATE_HISTORY)."""
+        periods = [
+            rate.per
+            for q in await self.list_queues()
+            for rate in (q.rate_limit, q.key_rate_limit)
+            if rate is not None
+        ]
+        keep = max([RATE_HISTORY, *periods])
         async with self.db.transaction() as tx:
-            await tx.execute("prune_rate_starts", {"before": now - RATE_HISTORY})
+            await tx.execute("prune_rate_starts", {"before": now - keep})
 
     # --- triggering --------------------------------------------------------------------------
 
-    async def check_backpressure(self, tx: Tx, runs: Sequence[NewRun]) -> None:
+    async def check_backpressure(self, tx: Tx, runs: Sequence[NewRun], now: float) -> None:
         """Inside the trigger transaction: reject (nothing stored) when a queue's depth cap
-        would be passed. The queue row is locked first, so concurrent triggers count in turn."""
+        would be passed. The queue row is locked first, so concurrent triggers count in turn.
+        A trigger whose idempotency key is live adds no run, so it is never rejected."""
         wanted: dict[str, int] = {}
         for run in runs:
             wanted[run.queue] = wanted.get(run.queue, 0) + 1
@@ -175,6 +223,8 @@ class QueueStore:
             row = await tx.fetchone("count_waiting_in_queue", {"queue": queue})
             depth = int(row["n"]) if row else 0
             if depth + wanted[queue] > cap:
+                wanted[queue] -= await _live_duplicates(tx, runs, queue, now)
+            if depth + wanted[queue] > cap:
                 raise BackpressureError(
                     f"queue {queue!r} is full: {depth} runs waiting, cap {cap} (max_depth); "
                     f"{wanted[queue]} more rejected, nothing stored. Retry later or raise the "
@@ -184,24 +234,38 @@ class QueueStore:
                     cap=cap,
                 )
 
-    async def check_rate(self, queue: str, now: float) -> None:
-        """`rate_limit="reject"`: raise RateLimitedError when the queue's window is full."""
+    async def check_rate(self, queue: str, now: float, concurrency_key: str | None = None) -> None:
+        """`rate_limit="reject"`: raise RateLimitedError when the queue's window is full, or
+        the window of `concurrency_key` under the queue's per-key rate limit."""
         async with self.db.reader() as tx:
             limits = (await self.queue_limits(tx, [queue])).get(queue)
-            if limits is None or limits.rate_limit is None:
+            if limits is None:
                 return
-            since = now - limits.rate_limit.per
-            row = await tx.fetchone("count_recent_starts", {"queue": queue, "since": since})
-            if row is None or int(row["n"]) < limits.rate_limit.limit:
-                return
-            oldest = await tx.fetchone("oldest_recent_start", {"queue": queue, "since": since})
-        first = float(oldest["at"]) if oldest and oldest["at"] is not None else now
-        retry_after = max(first + limits.rate_limit.per - now, 0.0)
-        raise RateLimitedError(
-            f"queue {queue!r} is at its rate limit ({limits.rate_limit.limit} per "
-            f"{limits.rate_limit.per:g}s); retry after {retry_after:.2f}s. Nothing was stored.",
-            retry_after=retry_after,
-        )
+            checks: list[tuple[RateLimit, str | None, str]] = []
+            if limits.rate_limit is not None:
+                checks.append((limits.rate_limit, None, f"queue {queue!r}"))
+            if limits.key_rate_limit is not None and concurrency_key is not None:
+                what = f"concurrency key {concurrency_key!r} of queue {queue!r}"
+                checks.append((limits.key_rate_limit, concurrency_key, what))
+            for rate, key, what in checks:
+                since = now - rate.per
+                params = {"queue": queue, "since": since, "concurrency_key": key}
+                query = "count_recent_starts" if key is None else "count_recent_key_starts"
+                row = await tx.fetchone(query, params)
+                started = int(row["n"]) if row else 0
+                if started < rate.limit:
+                    continue
+                # Room again once the oldest `started - limit + 1` starts have left the window.
+                nth = await tx.fetchone(
+                    "recent_start_at", {**params, "offset": started - rate.limit}
+                )
+                at = float(nth["at"]) if nth and nth["at"] is not None else now
+                retry_after = max(at + rate.per - now, 0.0)
+                raise RateLimitedError(
+                    f"{what} is at its rate limit ({rate.limit} per {rate.per:g}s); retry "
+                    f"after {retry_after:.2f}s. Nothing was stored.",
+                    retry_after=retry_after,
+                )
 
     async def debounce_run(
         self, new_run: NewRun, debounce_key: str, now: float
@@ -233,7 +297,7 @@ class QueueStore:
                     )
                     await events.flush(tx)
                     return row_to_run(row), False
-            await self.check_backpressure(tx, [new_run])
+            await self.check_backpressure(tx, [new_run], now)
             await tx.execute("insert_run", run_insert_params(new_run, now))
             await tx.execute("set_debounce_key", {"id": new_run.id, **key})
             events.add(

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any, cast
 
-from perdure.core.clock import to_datetime
 from perdure.core.errors import ErrorInfo
 from perdure.core.models import Run, RunEvent, TaskInfo
 from perdure.core.statuses import RunStatus
@@ -24,11 +24,12 @@ def loads_json(value: Any) -> Any:
 
 
 def _ts(value: Any) -> Any:
-    return to_datetime(None if value is None else float(value))
+    return None if value is None else datetime.fromtimestamp(float(value), UTC)
 
 
 def row_to_run(row: Row) -> Run:
     error = _json(row["error"])
+    tags, metadata = row["tags"], row["metadata"]
     return Run(
         id=row["id"],
         task_id=row["task_id"],
@@ -39,8 +40,9 @@ def row_to_run(row: Row) -> Run:
         error=None if error is None else ErrorInfo.from_json(cast(dict[str, Any], error)),
         queue=row["queue"],
         priority=row["priority"],
-        tags=_json(row["tags"]) or [],
-        metadata=_json(row["metadata"]) or {},
+        # Most runs have neither: skip the JSON parser for the empty defaults.
+        tags=[] if tags == "[]" else _json(tags) or [],
+        metadata={} if metadata == "{}" else _json(metadata) or {},
         idempotency_key=row["idempotency_key"],
         parent_id=row["parent_id"],
         root_id=row["root_id"],
@@ -84,5 +86,9 @@ def row_to_task(row: Row) -> TaskInfo:
     )
 
 
+#: One encoder for every write (json.dumps with options builds a new one per call).
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    return _encode(value)

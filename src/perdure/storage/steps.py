@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from perdure.core.errors import ErrorInfo
+from perdure.core.errors import DuplicateRunError, ErrorInfo, StorageError
 from perdure.core.models import NewRun, StepRecord
 from perdure.core.statuses import WAITING_STATUSES, RunStatus, sources_of
 from perdure.storage.database import (
@@ -108,18 +108,18 @@ class StepStore:
         now: float,
         *,
         children: Sequence[NewRun] = (),
+        child_steps: Sequence[StepRecord] = (),
     ) -> bool:
-        """Record durable calls (and create child runs) atomically, fenced on the attempt.
-        `False`: the attempt lost its lease or the position was already taken; nothing
-        was written."""
+        """Record durable calls (and create child runs, with the records they start with:
+        a sleeping task's token) atomically, fenced on the attempt. `False`: the attempt lost
+        its lease; nothing was written. `DuplicateRunError`: a token id is taken by another
+        run (a sleeping task's unique id used twice); nothing was written."""
         n_events = len(steps)
         async with self.db.transaction() as tx:
             bumped = await tx.fetchone("fence_and_bump", fence.params(now, n_events))
             if bumped is None:
                 return False
-            for step in steps:
-                if await tx.fetchone("insert_step", _step_params(step, now)) is None:
-                    raise _PositionTaken
+            await _insert_steps(tx, steps, now)
             events = EventLog()
             first = bumped["event_seq"] - n_events + 1
             for i, step in enumerate(steps):
@@ -136,8 +136,16 @@ class StepStore:
                 if step.error is not None:
                     data["error"] = step.error.to_json()
                 events.add(fence.run_id, first + i, f"{step.kind}_recorded", now, **data)
+            if children:  # one batch statement (one round trip on PostgreSQL)
+                params = [run_insert_params(child, now) for child in children]
+                inserted = await tx.execute_batch("insert_runs", params)
+                if inserted != len(children):
+                    raise StorageError(
+                        f"{len(children) - inserted} of {len(children)} child runs of run "
+                        f"{fence.run_id} could not be inserted (an id or idempotency key is "
+                        "taken); nothing was stored"
+                    )
             for child in children:
-                await tx.execute("insert_run", run_insert_params(child, now))
                 events.add(
                     child.id,
                     1,
@@ -147,6 +155,7 @@ class StepStore:
                     queue=child.queue,
                     parent_id=fence.run_id,
                 )
+            await _insert_steps(tx, child_steps, now)
             await events.flush(tx)
             if children:
                 tx.notify(CHANNEL_WORK)
@@ -352,37 +361,50 @@ async def settle_child_waits(
     """In the transaction that finishes child runs: record each child's settled result on
     its parent's waitpoint and wake parents whose whole batch has settled (same commit, so a
     parent can never miss its wake-up)."""
-    woken: list[str] = []
-    events = EventLog()
+    # Per parent, not per child: a group commit often settles many children of one parent.
+    by_parent: dict[str, tuple[list[tuple[str, str]], set[int]]] = {}
     for child_run_id, result in settled:
         rows = await tx.fetchall(
             "settle_child_waits",
             {"child_run_id": child_run_id, "output": dumps(result), "now": now},
         )
         for row in rows:
-            bumped = await tx.fetchone("bump_event_seq", {"id": row["run_id"], "n_events": 1})
-            if bumped is not None:
+            children, batches = by_parent.setdefault(row["run_id"], ([], set()))
+            children.append((child_run_id, result["status"]))
+            batches.add(row["batch"])
+    woken: list[str] = []
+    events = EventLog()
+    # Parents in id order, so concurrent settlements lock parent rows in the same order. The
+    # parent row is locked (bump) before the batch is checked: of two transactions settling
+    # a batch's last children, the second sees the first's settlement and wakes the parent.
+    for parent_id in sorted(by_parent):
+        children, batches = by_parent[parent_id]
+        bumped = await tx.fetchone("bump_event_seq", {"id": parent_id, "n_events": len(children)})
+        if bumped is not None:
+            first = bumped["event_seq"] - len(children) + 1
+            for i, (child_run_id, status) in enumerate(children):
                 events.add(
-                    row["run_id"],
-                    bumped["event_seq"],
+                    parent_id,
+                    first + i,
                     "child_settled",
                     now,
                     child_run_id=child_run_id,
-                    child_status=result["status"],
+                    child_status=status,
                 )
+        for batch in sorted(batches):
             woke = await tx.fetchone(
                 "wake_if_settled",
-                {"id": row["run_id"], "batch": row["batch"], "now": now, "waiting": WAITING},
+                {"id": parent_id, "batch": batch, "now": now, "waiting": WAITING},
             )
             if woke is not None:
-                woken.append(row["run_id"])
+                woken.append(parent_id)
                 events.add(
-                    row["run_id"],
+                    parent_id,
                     woke["event_seq"],
                     "resumed",
                     now,
                     reason="children settled",
-                    batch=row["batch"],
+                    batch=batch,
                 )
     await events.flush(tx)
     if woken:
@@ -412,6 +434,27 @@ async def cancel_descendants(tx: Tx, parent_ids: Sequence[str], now: float, reas
         tx.notify(CHANNEL_CANCEL, row["id"])
         tx.notify(CHANNEL_FINISHED, row["id"])
     await events.flush(tx)
+
+
+async def _insert_steps(tx: Tx, steps: Sequence[StepRecord], now: float) -> None:
+    """Insert records in one batch statement; roll the transaction back if a position or a
+    token id is taken."""
+    if not steps:
+        return
+    rows = await tx.fetch_batch("insert_steps", [_step_params(step, now) for step in steps])
+    if len(rows) == len(steps):
+        return
+    inserted = {(row["run_id"], row["position"]) for row in rows}
+    for step in steps:
+        if (step.run_id, step.position) in inserted or step.token_id is None:
+            continue
+        owner = await tx.fetchone("get_token", {"token_id": step.token_id})
+        if owner is not None and owner["run_id"] != step.run_id:
+            raise DuplicateRunError(
+                f"wait token {step.token_id!r} already belongs to run {owner['run_id']}; "
+                f"run {step.run_id} cannot take it (nothing was stored)"
+            )
+    raise _PositionTaken
 
 
 class _PositionTakenError(Exception):

@@ -135,8 +135,10 @@ class Storage(StepStore, QueueStore):
         # Runs without an idempotency key cannot collide with anything: one batch statement
         # inserts them all; keyed runs take the per-row path that looks for a live duplicate.
         plain: list[dict[str, Any]] = []
+        created_events: dict[tuple[str, str, float | None], str] = {}  # one dumps per kind
+        created_at = datetime.fromtimestamp(now, UTC)
         async with self.db.transaction() as tx:
-            await self.check_backpressure(tx, runs)
+            await self.check_backpressure(tx, runs, now)
             for new in runs:
                 params = run_insert_params(new, now)
                 if new.idempotency_key is None:
@@ -153,11 +155,16 @@ class Storage(StepStore, QueueStore):
                     if existing is not None:
                         results.append((row_to_run(existing), False))
                         continue
-                data: dict[str, Any] = {"status": new.status.value, "queue": new.queue}
-                if new.status is RunStatus.DELAYED:
-                    data["available_at"] = new.available_at
-                events.add(new.id, 1, "created", now, **data)
-                results.append((self._fresh_run(new, now, params), True))
+                delayed = new.status is RunStatus.DELAYED
+                kind = (new.status.value, new.queue, new.available_at if delayed else None)
+                data_json = created_events.get(kind)
+                if data_json is None:
+                    data: dict[str, Any] = {"status": new.status.value, "queue": new.queue}
+                    if delayed:
+                        data["available_at"] = new.available_at
+                    data_json = created_events[kind] = dumps(data)
+                events.add_json(new.id, 1, "created", now, data_json)
+                results.append((self._fresh_run(new, now, created_at, params), True))
             if plain:
                 inserted = await tx.execute_batch("insert_runs", plain)
                 if inserted != len(plain):
@@ -171,9 +178,8 @@ class Storage(StepStore, QueueStore):
         return results
 
     @staticmethod
-    def _fresh_run(new: NewRun, now: float, params: dict[str, Any]) -> Run:
-        """The run just inserted with `params`, as `get_run` would read it back."""
-        created = datetime.fromtimestamp(now, UTC)
+    def _fresh_run(new: NewRun, now: float, created: datetime, params: dict[str, Any]) -> Run:
+        """The run just inserted with `params` at `now` (`created`), as `get_run` reads it."""
         return Run(
             id=new.id,
             task_id=new.task_id,
@@ -193,7 +199,7 @@ class Storage(StepStore, QueueStore):
             started_at=None,
             finished_at=None,
             updated_at=created,
-            available_at=to_datetime(new.available_at),
+            available_at=created if new.available_at == now else to_datetime(new.available_at),
             expires_at=to_datetime(new.expires_at),
             max_attempts=new.max_attempts,
             timeout=new.timeout,
@@ -228,28 +234,36 @@ class Storage(StepStore, QueueStore):
                 else:
                     open_queues.append(limits.name)
             rows: list[Row] = []
-            if open_queues:
-                rows = await tx.fetchall(
-                    "claim_runs",
-                    {
-                        "worker_id": worker_id,
-                        "queues": sorted(open_queues),
-                        "task_ids": list(task_ids),
-                        "limit": limit,
-                        "lease": lease,
-                        "now": now,
-                        "from_statuses": _CLAIM_SOURCES,
-                    },
-                )
-            # Guard against a planner re-evaluating LIMIT: never hand out more than asked.
-            if len(rows) > limit:
-                raise StorageError(f"claim returned {len(rows)} rows for a limit of {limit}")
+            # Limited queues first, each taking what its own limits allow: claimed after the
+            # open queues, they would get no slot while an open queue has a backlog.
             for limits in sorted(limited, key=lambda q: q.name):
                 if len(rows) >= limit:
                     break
                 rows += await self.claim_limited(
                     tx, worker_id, limits, task_ids, limit - len(rows), lease, now
                 )
+            open_limit = limit - len(rows)
+            if open_queues and open_limit > 0:
+                params: dict[str, Any] = {
+                    "worker_id": worker_id,
+                    "task_ids": list(task_ids),
+                    "limit": open_limit,
+                    "lease": lease,
+                    "now": now,
+                    "from_statuses": _CLAIM_SOURCES,
+                }
+                if len(open_queues) == 1:  # walks the claim index in order: no sort
+                    opened = await tx.fetchall("claim_queue", {**params, "queue": open_queues[0]})
+                else:
+                    opened = await tx.fetchall(
+                        "claim_runs", {**params, "queues": sorted(open_queues)}
+                    )
+                # Guard against a planner re-evaluating LIMIT: never hand out more than asked.
+                if len(opened) > open_limit:
+                    raise StorageError(
+                        f"claim returned {len(opened)} rows for a limit of {open_limit}"
+                    )
+                rows += opened
             for row in rows:
                 events.add(
                     row["id"],
@@ -311,15 +325,16 @@ class Storage(StepStore, QueueStore):
         order = sorted(range(len(outcomes)), key=lambda k: outcomes[k].run_id)
         outcome_events: dict[int, list[tuple[str, dict[str, Any]]]] = {}
         rows: list[dict[str, Any]] = []
+        seen: set[tuple[str, int]] = set()
         for idx in order:
             out = outcomes[idx]
             if not can_transition(RunStatus.RUNNING, out.status):
                 raise StorageError(f"an attempt cannot end in status {out.status.value!r}")
-            if any(o is not out and o.run_id == out.run_id for o in _same_run(outcomes, idx)):
-                # The same attempt twice: only its first outcome can apply, as if the two had
-                # been applied one after the other (the second finds the run finished).
-                if (out.run_id, out.attempt) in {(r["id"], r["attempt"]) for r in rows}:
-                    continue
+            if (out.run_id, out.attempt) in seen:
+                # The same attempt twice: only its first outcome can apply, as if the two were
+                # applied one after the other (the second finds the run no longer running).
+                continue
+            seen.add((out.run_id, out.attempt))
             retrying = out.status is RunStatus.RETRYING
             error = None if out.error is None else out.error.to_json()
             new_events = self._outcome_events(out, error)
@@ -346,10 +361,10 @@ class Storage(StepStore, QueueStore):
             changed = {(row["id"], row["attempt"]): row for row in returned}
             for idx in order:
                 out = outcomes[idx]
-                new_events = outcome_events.get(idx)
                 row = changed.pop((out.run_id, out.attempt), None)
-                if row is None or new_events is None:
+                if row is None:  # stale, or a repeat of an outcome just applied
                     continue
+                new_events = outcome_events[idx]
                 retrying = out.status is RunStatus.RETRYING
                 applied[idx] = True
                 if not retrying and row["parent_id"] is not None:
@@ -402,38 +417,39 @@ class Storage(StepStore, QueueStore):
         self, worker_id: str, attempts: Sequence[tuple[str, int]], now: float
     ) -> int:
         """Give leased runs back to the queue at once (graceful shutdown), fenced."""
-        released = 0
         events = EventLog()
+        # Run-id order: see finish_attempts. A repeated attempt is released once.
+        rows = [
+            {
+                "id": run_id,
+                "attempt": attempt,
+                "status": RunStatus.QUEUED.value,
+                "output": None,
+                "error": None,
+                "available_at": now,
+                "finished_at": None,
+                "n_events": 1,
+                "failed": 0,
+            }
+            for run_id, attempt in sorted(set(attempts))
+        ]
         async with self.db.transaction() as tx:
-            for run_id, attempt in sorted(attempts):  # run-id order: see finish_attempts
-                row = await tx.fetchone(
-                    "finish_attempt",
-                    {
-                        "id": run_id,
-                        "attempt": attempt,
-                        "worker_id": worker_id,
-                        "status": RunStatus.QUEUED.value,
-                        "output": None,
-                        "error": None,
-                        "available_at": now,
-                        "failed": 0,
-                        "finished_at": None,
-                        "now": now,
-                        "n_events": 1,
-                        "from_statuses": _RUNNING,
-                    },
+            returned = await tx.fetch_batch(
+                "finish_attempts",
+                rows,
+                {"worker_id": worker_id, "now": now, "from_statuses": _RUNNING},
+            )
+            released = len(returned)
+            for row in sorted(returned, key=lambda r: r["id"]):
+                events.add(
+                    row["id"],
+                    row["event_seq"],
+                    "lease_released",
+                    now,
+                    status="queued",
+                    attempt=row["attempt"],
+                    worker_id=worker_id,
                 )
-                if row is not None:
-                    released += 1
-                    events.add(
-                        run_id,
-                        row["event_seq"],
-                        "lease_released",
-                        now,
-                        status="queued",
-                        attempt=attempt,
-                        worker_id=worker_id,
-                    )
             await events.flush(tx)
             if released:
                 tx.notify(CHANNEL_WORK)

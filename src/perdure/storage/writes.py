@@ -17,9 +17,11 @@ class EventLog:
         self.rows: list[dict[str, Any]] = []
 
     def add(self, run_id: str, seq: int, type_: str, at: float, **data: Any) -> None:
-        self.rows.append(
-            {"run_id": run_id, "seq": seq, "type": type_, "at": at, "data": dumps(data)}
-        )
+        self.add_json(run_id, seq, type_, at, dumps(data))
+
+    def add_json(self, run_id: str, seq: int, type_: str, at: float, data_json: str) -> None:
+        """`add` with the data already serialized (shared by many events of a batch)."""
+        self.rows.append({"run_id": run_id, "seq": seq, "type": type_, "at": at, "data": data_json})
 
     async def flush(self, tx: Tx) -> None:
         await tx.execute_batch("insert_events", self.rows)

@@ -63,7 +63,9 @@ def build_engine(url: str, executions: AsyncConnectionPool | None = None) -> Eng
         assert executions is not None, "this engine only triggers; it runs no steps"
         async with executions.connection() as conn:
             await conn.execute(INSERT_EXECUTION, (run_id, step, attempt, os.getpid(), time.time()))
-        await asyncio.sleep(random.uniform(0.0, 0.02))  # some work, so kills land mid-step
+        # Some work, so kills land mid-step; it also makes a run last ~0.45 s, so the drain lasts
+        # long enough for the test's kills and restart however fast the machine is.
+        await asyncio.sleep(random.uniform(0.1, 0.2))
         return f"{step}@{attempt}"
 
     @engine.task(id=TASK_ID, retry=RETRY)

@@ -14,13 +14,24 @@ import sys
 
 from chaos_app import build_engine, side_pool
 
+from perdure import PerdureError
+
 
 async def main(url: str) -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with side_pool(url) as executions:
         engine = build_engine(url, executions)
-        await engine.start()
+        # Started while the database is restarting? Wait for it, as a supervisor would.
+        delay = 0.1
+        while True:
+            try:
+                await engine.start()
+                break
+            except PerdureError as exc:
+                print(f"cannot start yet ({exc}); retrying in {delay:g}s", flush=True)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
         print(f"ready {engine.worker_id}", flush=True)
         await engine.run_worker(stop)
 

@@ -92,6 +92,33 @@ FROM due
 WHERE r.id = due.id AND r.status = ANY(%(from_statuses)s::text[])
 RETURNING r.*;
 
+-- name: claim_queue
+-- claim_runs for a single queue: with `queue = …` the claim index yields the due runs already
+-- in priority order, so the LIMIT stops the scan early instead of sorting every queued run.
+WITH due AS MATERIALIZED (
+    SELECT id FROM perdure_runs
+    WHERE available_at IS NOT NULL
+      AND available_at <= %(now)s
+      AND queue = %(queue)s
+      AND task_id = ANY(%(task_ids)s::text[])
+      AND (expires_at IS NULL OR expires_at > %(now)s OR started_at IS NOT NULL)
+    ORDER BY priority DESC, available_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE perdure_runs AS r
+SET status = 'running',
+    attempt = r.attempt + 1,
+    lease_owner = %(worker_id)s,
+    lease_expires_at = %(now)s + %(lease)s,
+    available_at = NULL,
+    started_at = COALESCE(r.started_at, %(now)s),
+    updated_at = %(now)s,
+    event_seq = r.event_seq + 1
+FROM due
+WHERE r.id = due.id AND r.status = ANY(%(from_statuses)s::text[])
+RETURNING r.*;
+
 -- name: extend_leases
 -- Locks the rows in id order, so two multi-row writers locking in id order cannot deadlock.
 WITH wanted AS (
@@ -118,26 +145,12 @@ JOIN (
 ) AS w ON r.id = w.id AND r.attempt = w.attempt
 WHERE r.lease_owner = %(worker_id)s AND r.status = 'running';
 
--- name: finish_attempt
--- Fenced on (id, attempt, lease owner, status): a stale worker's late write matches no row.
-UPDATE perdure_runs
-SET status = %(status)s,
-    output = %(output)s,
-    error = %(error)s,
-    lease_owner = NULL,
-    lease_expires_at = NULL,
-    available_at = %(available_at)s,
-    finished_at = %(finished_at)s,
-    updated_at = %(now)s,
-    failures = failures + %(failed)s,
-    event_seq = event_seq + %(n_events)s
-WHERE id = %(id)s AND attempt = %(attempt)s AND lease_owner = %(worker_id)s
-  AND status = ANY(%(from_statuses)s::text[])
-RETURNING event_seq, parent_id;
-
 -- name: finish_attempts
--- finish_attempt for a batch of attempts of one worker. The fenced rows are locked in id
--- order first (as extend_leases does), so concurrent multi-row writers cannot deadlock.
+-- The outcomes of a batch of one worker's attempts. Fenced on (id, attempt, lease owner,
+-- status): a stale worker's late write matches no row. The rows are locked in id order first
+-- (as extend_leases does), so concurrent multi-row writers cannot deadlock. The lock step
+-- finds them by primary key (`id = ANY(ARRAY(…))` keeps that plan even before the table was
+-- ever analyzed) and leaves the attempt and status checks to the UPDATE.
 WITH outcome AS (
     SELECT * FROM json_to_recordset(%(rows)s::json) AS o(
         id text, attempt integer, status text, output text, error text,
@@ -146,8 +159,7 @@ WITH outcome AS (
     )
 ), fenced AS MATERIALIZED (
     SELECT r.id, r.attempt FROM perdure_runs AS r
-    JOIN outcome AS o ON r.id = o.id AND r.attempt = o.attempt
-    WHERE r.lease_owner = %(worker_id)s AND r.status = ANY(%(from_statuses)s::text[])
+    WHERE r.id = ANY(ARRAY(SELECT o.id FROM outcome AS o)) AND r.lease_owner = %(worker_id)s
     ORDER BY r.id
     FOR NO KEY UPDATE OF r
 )
@@ -190,7 +202,7 @@ LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED;
 
 -- name: recover_lease
--- Fenced like finish_attempt: a heartbeat that landed after the SELECT keeps the run.
+-- Fenced like finish_attempts: a heartbeat that landed after the SELECT keeps the run.
 UPDATE perdure_runs
 SET status = %(status)s,
     error = COALESCE(%(error)s, error),
@@ -294,6 +306,20 @@ VALUES (%(run_id)s, %(position)s, %(kind)s, %(name)s, %(status)s, %(output)s, %(
         %(completed_at)s)
 ON CONFLICT DO NOTHING
 RETURNING position;
+
+-- name: insert_steps
+-- Several records at once (a parent's children); the caller compares the rows returned.
+INSERT INTO perdure_steps (run_id, position, kind, name, status, output, error, wake_at,
+                           token_id, child_run_id, batch, attempt, created_at, completed_at)
+SELECT s.run_id, s.position, s.kind, s.name, s.status, s.output, s.error, s.wake_at,
+       s.token_id, s.child_run_id, s.batch, s.attempt, s.now, s.completed_at
+FROM json_to_recordset(%(rows)s::json) AS s(
+    run_id text, position integer, kind text, name text, status text, output text,
+    error text, wake_at double precision, token_id text, child_run_id text, batch integer,
+    attempt integer, now double precision, completed_at double precision
+)
+ON CONFLICT DO NOTHING
+RETURNING run_id, position;
 
 -- name: lock_waitpoints
 -- Row locks (in position order) make suspend and a completion serialize: whichever commits
@@ -445,12 +471,36 @@ SELECT COUNT(*) AS n FROM perdure_runs WHERE queue = %(queue)s AND status = 'run
 -- name: count_recent_starts
 SELECT COUNT(*) AS n FROM perdure_rate_starts WHERE queue = %(queue)s AND at > %(since)s;
 
--- name: oldest_recent_start
-SELECT MIN(at) AS at FROM perdure_rate_starts WHERE queue = %(queue)s AND at > %(since)s;
+-- name: count_recent_key_starts
+SELECT COUNT(*) AS n FROM perdure_rate_starts
+WHERE queue = %(queue)s AND concurrency_key = %(concurrency_key)s AND at > %(since)s;
+
+-- name: recent_start_at
+-- The (offset+1)-th oldest start in the window (of one key when concurrency_key is given):
+-- the window has room again once it has left.
+SELECT at FROM perdure_rate_starts
+WHERE queue = %(queue)s AND at > %(since)s
+  AND (%(concurrency_key)s::text IS NULL OR concurrency_key = %(concurrency_key)s)
+ORDER BY at
+LIMIT 1 OFFSET %(offset)s;
+
+-- name: claim_candidates
+-- A limited queue without per-key limits: plain priority order, walking the claim index.
+-- The queue row lock (lock_queues) serializes claimers of this queue.
+SELECT id FROM perdure_runs
+WHERE available_at IS NOT NULL
+  AND available_at <= %(now)s
+  AND queue = %(queue)s
+  AND task_id = ANY(%(task_ids)s::text[])
+  AND (expires_at IS NULL OR expires_at > %(now)s OR started_at IS NOT NULL)
+ORDER BY priority DESC, available_at, id
+LIMIT %(limit)s;
 
 -- name: claim_candidates_keyed
 -- Fair across keys: the n-th waiting run of every key comes before the (n+1)-th of any key,
--- and a key gets no more than its limits leave (running and recent starts counted). The
+-- and a key gets no more than its limits leave (running and recent starts counted). At equal
+-- rank and priority the key served least recently goes first, so keys take turns even when
+-- fewer slots are free than keys wait (the claim records a start per run it takes). The
 -- queue row lock (lock_queues) serializes claimers of this queue.
 WITH busy AS (
     SELECT concurrency_key AS k, COUNT(*) AS n FROM perdure_runs
@@ -475,7 +525,10 @@ LEFT JOIN recent AS r ON r.k = c.concurrency_key
 WHERE c.concurrency_key IS NULL
    OR (c.rn + COALESCE(b.n, 0) <= %(key_concurrency)s
        AND c.rn + COALESCE(r.n, 0) <= %(key_rate)s)
-ORDER BY c.rn, c.priority DESC, c.available_at, c.id
+ORDER BY c.rn, c.priority DESC,
+         COALESCE((SELECT MAX(s.at) FROM perdure_rate_starts AS s
+                   WHERE s.queue = %(queue)s AND s.concurrency_key = c.concurrency_key), 0),
+         c.available_at, c.id
 LIMIT %(limit)s;
 
 -- name: claim_ids

@@ -72,6 +72,32 @@ WHERE id IN (
 AND status IN (SELECT value FROM json_each(:from_statuses))
 RETURNING *;
 
+-- name: claim_queue
+-- claim_runs for a single queue: with `queue = …` the claim index yields the due runs already
+-- in priority order, so the LIMIT stops the scan early instead of sorting every queued run.
+UPDATE perdure_runs
+SET status = 'running',
+    attempt = attempt + 1,
+    lease_owner = :worker_id,
+    lease_expires_at = :now + :lease,
+    available_at = NULL,
+    started_at = COALESCE(started_at, :now),
+    updated_at = :now,
+    event_seq = event_seq + 1
+WHERE id IN (
+    SELECT id FROM perdure_runs
+    WHERE available_at IS NOT NULL
+      -- unary +: a range on available_at would make the planner skip-scan and sort it all
+      AND +available_at <= :now
+      AND queue = :queue
+      AND +task_id IN (SELECT value FROM json_each(:task_ids))
+      AND (expires_at IS NULL OR expires_at > :now OR started_at IS NOT NULL)
+    ORDER BY priority DESC, available_at, id
+    LIMIT :limit
+)
+AND status IN (SELECT value FROM json_each(:from_statuses))
+RETURNING *;
+
 -- name: extend_leases
 UPDATE perdure_runs
 SET lease_expires_at = :now + :lease
@@ -84,25 +110,9 @@ SELECT id FROM perdure_runs
 WHERE lease_owner = :worker_id AND status = 'running'
   AND id || ':' || attempt IN (SELECT value FROM json_each(:attempts));
 
--- name: finish_attempt
--- Fenced on (id, attempt, lease owner, status): a stale worker's late write matches no row.
-UPDATE perdure_runs
-SET status = :status,
-    output = :output,
-    error = :error,
-    lease_owner = NULL,
-    lease_expires_at = NULL,
-    available_at = :available_at,
-    finished_at = :finished_at,
-    updated_at = :now,
-    failures = failures + :failed,
-    event_seq = event_seq + :n_events
-WHERE id = :id AND attempt = :attempt AND lease_owner = :worker_id
-  AND status IN (SELECT value FROM json_each(:from_statuses))
-RETURNING event_seq, parent_id;
-
 -- name: finish_attempts
--- finish_attempt, once per outcome of the batch.
+-- One outcome of a worker's attempt. Fenced on (id, attempt, lease owner, status): a stale
+-- worker's late write matches no row.
 UPDATE perdure_runs
 SET status = :status,
     output = :output,
@@ -138,7 +148,7 @@ ORDER BY lease_expires_at
 LIMIT :limit;
 
 -- name: recover_lease
--- Fenced like finish_attempt: a heartbeat that landed after the SELECT keeps the run.
+-- Fenced like finish_attempts: a heartbeat that landed after the SELECT keeps the run.
 UPDATE perdure_runs
 SET status = :status,
     error = COALESCE(:error, error),
@@ -236,6 +246,15 @@ VALUES (:run_id, :position, :kind, :name, :status, :output, :error, :wake_at, :t
         :child_run_id, :batch, :attempt, :now, :completed_at)
 ON CONFLICT DO NOTHING
 RETURNING position;
+
+-- name: insert_steps
+-- Several records at once (a parent's children); the caller compares the rows returned.
+INSERT INTO perdure_steps (run_id, position, kind, name, status, output, error, wake_at,
+                           token_id, child_run_id, batch, attempt, created_at, completed_at)
+VALUES (:run_id, :position, :kind, :name, :status, :output, :error, :wake_at, :token_id,
+        :child_run_id, :batch, :attempt, :now, :completed_at)
+ON CONFLICT DO NOTHING
+RETURNING run_id, position;
 
 -- name: lock_waitpoints
 -- PostgreSQL locks these rows (FOR UPDATE) so suspend and complete serialize on them.
@@ -362,12 +381,35 @@ SELECT COUNT(*) AS n FROM perdure_runs WHERE queue = :queue AND status = 'runnin
 -- name: count_recent_starts
 SELECT COUNT(*) AS n FROM perdure_rate_starts WHERE queue = :queue AND at > :since;
 
--- name: oldest_recent_start
-SELECT MIN(at) AS at FROM perdure_rate_starts WHERE queue = :queue AND at > :since;
+-- name: count_recent_key_starts
+SELECT COUNT(*) AS n FROM perdure_rate_starts
+WHERE queue = :queue AND concurrency_key = :concurrency_key AND at > :since;
+
+-- name: recent_start_at
+-- The (offset+1)-th oldest start in the window (of one key when concurrency_key is given):
+-- the window has room again once it has left.
+SELECT at FROM perdure_rate_starts
+WHERE queue = :queue AND at > :since
+  AND (:concurrency_key IS NULL OR concurrency_key = :concurrency_key)
+ORDER BY at
+LIMIT 1 OFFSET :offset;
+
+-- name: claim_candidates
+-- A limited queue without per-key limits: plain priority order, walking the claim index.
+SELECT id FROM perdure_runs
+WHERE available_at IS NOT NULL
+  AND +available_at <= :now
+  AND queue = :queue
+  AND +task_id IN (SELECT value FROM json_each(:task_ids))
+  AND (expires_at IS NULL OR expires_at > :now OR started_at IS NOT NULL)
+ORDER BY priority DESC, available_at, id
+LIMIT :limit;
 
 -- name: claim_candidates_keyed
 -- Fair across keys: the n-th waiting run of every key comes before the (n+1)-th of any key,
--- and a key gets no more than its limits leave (running and recent starts counted).
+-- and a key gets no more than its limits leave (running and recent starts counted). At equal
+-- rank and priority the key served least recently goes first, so keys take turns even when
+-- fewer slots are free than keys wait (the claim records a start per run it takes).
 WITH busy AS (
     SELECT concurrency_key AS k, COUNT(*) AS n FROM perdure_runs
     WHERE queue = :queue AND status = 'running' AND concurrency_key IS NOT NULL
@@ -390,7 +432,10 @@ LEFT JOIN busy b ON b.k = c.concurrency_key
 LEFT JOIN recent r ON r.k = c.concurrency_key
 WHERE c.concurrency_key IS NULL
    OR (c.rn + COALESCE(b.n, 0) <= :key_concurrency AND c.rn + COALESCE(r.n, 0) <= :key_rate)
-ORDER BY c.rn, c.priority DESC, c.available_at, c.id
+ORDER BY c.rn, c.priority DESC,
+         COALESCE((SELECT MAX(s.at) FROM perdure_rate_starts s
+                   WHERE s.queue = :queue AND s.concurrency_key = c.concurrency_key), 0),
+         c.available_at, c.id
 LIMIT :limit;
 
 -- name: claim_ids
