@@ -190,10 +190,27 @@ async def perdure_tree(backend: str, args: argparse.Namespace) -> Metrics:
         _kill_group(proc.pid)
         raise
     text = out.decode(errors="replace")
-    found = re.findall(r"([\d][\d,]*(?:\.\d+)?)\s*(?:executions/s|executions per second)", text)
-    if proc.returncode != 0 or not found:
+    rate = tree_rate(text)
+    if proc.returncode != 0 or rate is None:
         return {"error": f"tree.py exit {proc.returncode}", "output": text[-2000:]}
-    return {"executions_per_s": float(found[-1].replace(",", "")), "output": text[-2000:]}
+    return {"executions_per_s": rate, "output": text[-2000:]}
+
+
+def tree_rate(text: str) -> float | None:
+    """The `executions/s` figure `tree.py` prints: a column of its table (rich box or
+    markdown), or failing that a number followed by `executions/s`."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        cells = [c.strip() for c in re.split(r"[┃│|]", line)]
+        if "executions/s" not in cells:
+            continue
+        column = cells.index("executions/s")
+        for row in lines[i + 1 :]:
+            values = [c.strip() for c in re.split(r"[┃│|]", row)]
+            if len(values) == len(cells) and re.fullmatch(r"[\d,.]+", values[column]):
+                return float(values[column].replace(",", ""))
+    found = re.findall(r"(\d[\d,]*(?:\.\d+)?)\s*executions/s", text)
+    return float(found[-1].replace(",", "")) if found else None
 
 
 def _kill_group(pid: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import asynccontextmanager
@@ -135,7 +136,7 @@ class SQLiteDatabase(Database):
                 uri=self._memory,
             )
             if not self._memory:
-                conn.execute("PRAGMA journal_mode=WAL")
+                _enable_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA foreign_keys=ON")
@@ -208,3 +209,20 @@ def _parse_url(url: str) -> tuple[str, bool]:
     path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url
     path = path.removeprefix("sqlite://")
     return path or DEFAULT_PATH, False
+
+
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """Switch a file database to WAL. The switch needs an exclusive lock and SQLite does not
+    run the busy handler for it, so when several processes open a fresh file at once we retry
+    ourselves, within the same budget as the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    delay = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
