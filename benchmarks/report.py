@@ -19,7 +19,7 @@ GOALS: dict[str, tuple[str, str]] = {
     "drain1": ("≥ 10,000", "≥ 5,000"),
     "drain2": ("≥ 10,000", "≥ 5,000"),
     "lat_p50": ("≤ 2", "≤ 5"),
-    "step_p50": ("≤ 0.3", "≤ 1"),
+    "alone_p50": ("≤ 0.3", "≤ 1"),
     "tree": ("≥ 7,500", "≥ 7,500"),
     "claim_ratio": ("≤ 1.5", "≤ 1.5"),
 }
@@ -31,6 +31,8 @@ def _value(row: Metrics, key: str, field: str) -> Any:
     if cell is None:
         return None
     if "error" in cell:
+        if field in cell:  # measured before the workload failed (a timed-out drain's bulk rate)
+            return cell[field]
         partial = cell.get("partial_rate")
         if cell["error"] == "timeout" and field == "drain_rate" and partial:
             return f"timeout (≈{partial:,.0f}/s; {cell['ran']:,} ran)"
@@ -86,12 +88,29 @@ PERDURE_ROWS: list[tuple[str, str, Getter, bool]] = [
         False,
     ),
     (
+        "alone_p50",
+        "(d) per-step overhead p50, ms (one run of 200 steps alone)",
+        lambda r: _value(r, "steps", "alone_p50_ms"),
+        False,
+    ),
+    (
+        "alone_p99",
+        "(d) per-step overhead p99, ms (one run alone)",
+        lambda r: _value(r, "steps", "alone_p99_ms"),
+        False,
+    ),
+    (
         "step_p50",
-        "(d) per-step overhead p50, ms (10-step runs, 10 at a time)",
+        "(d) per-step time p50, ms (10-step runs, 10 at a time)",
         lambda r: _value(r, "steps", "p50_ms"),
         False,
     ),
-    ("step_p99", "(d) per-step overhead p99, ms", lambda r: _value(r, "steps", "p99_ms"), False),
+    (
+        "step_p99",
+        "(d) per-step time p99, ms (10 at a time)",
+        lambda r: _value(r, "steps", "p99_ms"),
+        False,
+    ),
     (
         "steps_s",
         "(d) steps/s (10-step runs, 10 at a time)",
@@ -123,15 +142,28 @@ PERDURE_ROWS: list[tuple[str, str, Getter, bool]] = [
         False,
     ),
 ]
-SHARED = ("bulk", "drain1", "drain2", "lat_p50", "lat_p99", "step_p50", "step_p99", "steps_s")
+SHARED = (
+    "bulk",
+    "drain1",
+    "drain2",
+    "lat_p50",
+    "lat_p99",
+    "alone_p50",
+    "alone_p99",
+    "step_p50",
+    "step_p99",
+    "steps_s",
+)
 PEER_LABELS = {
     "bulk": "bulk enqueue, jobs/s",
     "drain1": "drain {runs} pre-queued no-op jobs, 1 worker process, jobs/s",
     "drain2": "drain {runs} pre-queued no-op jobs, 2 worker processes, jobs/s",
     "lat_p50": "enqueue→start p50, ms (idle worker)",
     "lat_p99": "enqueue→start p99, ms (idle worker)",
-    "step_p50": "per-step overhead p50, ms (10-step runs, 10 at a time)",
-    "step_p99": "per-step overhead p99, ms",
+    "alone_p50": "per-step overhead p50, ms (one run of 200 steps alone)",
+    "alone_p99": "per-step overhead p99, ms (one run alone)",
+    "step_p50": "per-step time p50, ms (10-step runs, 10 at a time)",
+    "step_p99": "per-step time p99, ms (10 at a time)",
     "steps_s": "steps/s (10-step runs, 10 at a time)",
 }
 

@@ -138,8 +138,9 @@ class Peer:
     # --- steps ---------------------------------------------------------------------------------
 
     def steps(self, runs: int, steps_per_run: int, concurrency: int) -> dict[str, Any]:
-        """`runs` workflows of `steps_per_run` no-op steps, `concurrency` at a time, on a worker
-        in this process; each `await noop_step()` is timed inside the workflow."""
+        """One workflow of 200 no-op steps alone, then `runs` workflows of `steps_per_run`
+        no-op steps, `concurrency` at a time, on a worker in this process; each `noop_step()`
+        call is timed inside the workflow."""
         DBOS(config=_config(self.url))
         DBOS.launch()
         queue = DBOS.register_queue(
@@ -151,6 +152,9 @@ class Peer:
 
         queue.enqueue(steps, 2).get_result()  # warm-up, not measured
         STEP_TIMINGS.clear()
+        queue.enqueue(steps, 200).get_result()  # one workflow alone: the cost of a step
+        alone = list(STEP_TIMINGS)
+        STEP_TIMINGS.clear()
         started = time.perf_counter()
         handles = [queue.enqueue(steps, steps_per_run) for _ in range(runs)]
         for handle in handles:
@@ -159,6 +163,8 @@ class Peer:
         DBOS.destroy()
         timings = list(STEP_TIMINGS)
         return {
+            "alone_p50_ms": percentile(alone, 50) * 1000,
+            "alone_p99_ms": percentile(alone, 99) * 1000,
             "steps": len(timings),
             "p50_ms": percentile(timings, 50) * 1000,
             "p99_ms": percentile(timings, 99) * 1000,
