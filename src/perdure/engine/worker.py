@@ -116,6 +116,8 @@ class Worker:
         self._loops: list[asyncio.Task[None]] = []
         self._pending: list[tuple[Outcome, asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        #: Below this many free slots, wait for finishing attempts before claiming again.
+        self._batch_floor = min(options.concurrency, CLAIM_BATCH) // 2
         self._pool_size = min(options.concurrency, 64)
         self._threads = ThreadPoolExecutor(
             max_workers=self._pool_size, thread_name_prefix="perdure-task"
@@ -220,7 +222,9 @@ class Worker:
         task_ids = sorted(self.tasks)
         while not self._stopping:
             free = self.options.concurrency - len(self.active)
-            if free <= 0:
+            if free <= 0 or (free < self._batch_floor and self._finishing_soon()):
+                # Attempts whose outcomes are being committed free their slots together in a
+                # moment: claim once for all of them rather than once per freed slot.
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
@@ -244,6 +248,10 @@ class Worker:
                         await self._wake.wait()
                 except TimeoutError:
                     pass
+
+    def _finishing_soon(self) -> bool:
+        """Whether an attempt's outcome is being committed (its slot frees when it lands)."""
+        return any(a.finishing for a in self.active.values())
 
     def _start_attempt(self, run: Run) -> None:
         task = self.tasks[run.task_id]

@@ -53,6 +53,19 @@ class Tx(ABC):
     ) -> list[Row]:
         """`execute_batch` for a statement with RETURNING: every row it returned."""
 
+    async def fetch_each(self, statements: Sequence[tuple[str, Params]]) -> list[list[Row]]:
+        """Run several statements in order; every one's rows. PostgreSQL sends them in one
+        round trip (a pipeline); a failure in one skips the rest and raises."""
+        return [await self.fetchall(name, params) for name, params in statements]
+
+    async def defer_batch(
+        self, name: str, rows: Sequence[Params], shared: Params | None = None
+    ) -> None:
+        """`execute_batch` for a write whose result nobody reads. PostgreSQL sends it with the
+        transaction's next statement or its COMMIT (no round trip of its own), so its failure
+        surfaces there and aborts the transaction all the same; SQLite runs it now."""
+        await self.execute_batch(name, rows, shared)
+
     async def fetchone(self, name: str, params: Params) -> Row | None:
         rows = await self.fetchall(name, params)
         return rows[0] if rows else None

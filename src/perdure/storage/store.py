@@ -28,7 +28,7 @@ from perdure.storage.database import (
     Row,
 )
 from perdure.storage.queries import load_migrations
-from perdure.storage.queues import QueueStore
+from perdure.storage.queues import QueueStore, row_to_queue
 from perdure.storage.rows import dumps, loads_json, row_to_event, row_to_run, row_to_task
 from perdure.storage.steps import StepStore, cancel_descendants, settle_child_waits
 from perdure.storage.writes import EventLog, run_insert_params
@@ -67,6 +67,8 @@ class Storage(StepStore, QueueStore):
     def __init__(self, db: Database) -> None:
         self.db = db
         self._opened = False
+        #: Queues whose last seen settings pause or limit claims (see claim_runs).
+        self._gated_queues: set[str] = set()
 
     @property
     def url(self) -> str:
@@ -223,8 +225,37 @@ class Storage(StepStore, QueueStore):
             return []
         events = EventLog()
         async with self.db.transaction() as tx:
-            settings = await self.queue_limits(tx, queues)
-            open_queues = [q for q in queues if q not in settings]
+            params: dict[str, Any] = {
+                "worker_id": worker_id,
+                "task_ids": list(task_ids),
+                "limit": limit,
+                "lease": lease,
+                "now": now,
+                "from_statuses": _CLAIM_SOURCES,
+            }
+            speculate = len(queues) == 1 and queues[0] not in self._gated_queues
+            if speculate:
+                # The usual worker: one queue, last seen neither paused nor limited. Its claim
+                # goes out with the settings lookup, one round trip for both; the statement
+                # itself claims nothing if the queue has since been paused or limited.
+                found, claimed = await tx.fetch_each(
+                    [
+                        ("find_queues", {"names": list(queues)}),
+                        ("claim_queue_open", {**params, "queue": queues[0]}),
+                    ]
+                )
+                settings = {row["name"]: row_to_queue(row) for row in found}
+            else:
+                settings = await self.queue_limits(tx, queues)
+                claimed = []
+            self._gated_queues.difference_update(queues)
+            self._gated_queues.update(
+                name for name, lim in settings.items() if lim.paused or lim.limits_claims
+            )
+            remaining: Sequence[str] = queues
+            if speculate and not self._gated_queues.intersection(queues):
+                settings, remaining = {}, ()  # claimed above: nothing more to do
+            open_queues = [q for q in remaining if q not in settings]
             limited: list[QueueLimits] = []
             for limits in settings.values():
                 if limits.paused:
@@ -233,7 +264,9 @@ class Storage(StepStore, QueueStore):
                     limited.append(limits)
                 else:
                     open_queues.append(limits.name)
-            rows: list[Row] = []
+            rows: list[Row] = claimed
+            if len(rows) > limit:  # a planner re-evaluating LIMIT: never hand out more
+                raise StorageError(f"claim returned {len(rows)} rows for a limit of {limit}")
             # Limited queues first, each taking what its own limits allow: claimed after the
             # open queues, they would get no slot while an open queue has a backlog.
             for limits in sorted(limited, key=lambda q: q.name):
@@ -244,14 +277,7 @@ class Storage(StepStore, QueueStore):
                 )
             open_limit = limit - len(rows)
             if open_queues and open_limit > 0:
-                params: dict[str, Any] = {
-                    "worker_id": worker_id,
-                    "task_ids": list(task_ids),
-                    "limit": open_limit,
-                    "lease": lease,
-                    "now": now,
-                    "from_statuses": _CLAIM_SOURCES,
-                }
+                params["limit"] = open_limit
                 if len(open_queues) == 1:  # walks the claim index in order: no sort
                     opened = await tx.fetchall("claim_queue", {**params, "queue": open_queues[0]})
                 else:

@@ -98,6 +98,37 @@ WHERE id IN (
 AND status IN (SELECT value FROM json_each(:from_statuses))
 RETURNING *;
 
+-- name: claim_queue_open
+-- claim_queue, sent in one round trip with find_queues before its answer is known: it
+-- claims nothing from a paused queue or one whose limits need the locked count path.
+UPDATE perdure_runs
+SET status = 'running',
+    attempt = attempt + 1,
+    lease_owner = :worker_id,
+    lease_expires_at = :now + :lease,
+    available_at = NULL,
+    started_at = COALESCE(started_at, :now),
+    updated_at = :now,
+    event_seq = event_seq + 1
+WHERE id IN (
+    SELECT id FROM perdure_runs
+    WHERE available_at IS NOT NULL
+      -- unary +: a range on available_at would make the planner skip-scan and sort it all
+      AND +available_at <= :now
+      AND queue = :queue
+      AND NOT EXISTS (SELECT 1 FROM perdure_queues AS q
+                      WHERE q.name = :queue
+                        AND (q.paused <> 0 OR q.concurrency IS NOT NULL
+                             OR q.key_concurrency IS NOT NULL OR q.rate_limit IS NOT NULL
+                             OR q.key_rate_limit IS NOT NULL))
+      AND +task_id IN (SELECT value FROM json_each(:task_ids))
+      AND (expires_at IS NULL OR expires_at > :now OR started_at IS NOT NULL)
+    ORDER BY priority DESC, available_at, id
+    LIMIT :limit
+)
+AND status IN (SELECT value FROM json_each(:from_statuses))
+RETURNING *;
+
 -- name: extend_leases
 UPDATE perdure_runs
 SET lease_expires_at = :now + :lease
