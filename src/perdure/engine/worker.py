@@ -396,9 +396,10 @@ class Worker:
             )
             return self._failure(run, error, retryable=False)
         timeout = run.timeout
-        scope = asyncio.timeout(timeout)
+        # No timeout, no scope: asyncio.timeout(None) still costs a context manager per run.
+        scope = asyncio.timeout(timeout) if timeout is not None else None
         try:
-            async with scope:
+            async with scope or _UNLIMITED:
                 if task.is_async:
                     result = await task.fn(*args)
                 else:
@@ -407,7 +408,7 @@ class Worker:
                     call = functools.partial(contextvars.copy_context().run, task.fn, *args)
                     result = await self._run_in_thread(call)
         except TimeoutError as exc:
-            if not scope.expired():
+            if not _expired(scope):
                 return self._failure(run, exc)
             return self._timed_out(attempt)
         except FinalizeFailedError as exc:
@@ -432,10 +433,10 @@ class Worker:
                 error=ErrorInfo.from_exception(exc, retryable=False),
             )
         except Exception as exc:
-            if scope.expired():  # the body turned the cancellation at its deadline into this
+            if _expired(scope):  # the body turned the cancellation at its deadline into this
                 return self._timed_out(attempt)
             return self._failure(run, exc)
-        if scope.expired():  # the body swallowed the cancellation at its deadline
+        if _expired(scope):  # the body swallowed the cancellation at its deadline
             return self._timed_out(attempt)
         try:
             output_json = task.output_codec.dump_json(result)
@@ -703,6 +704,13 @@ class Worker:
             self._breaker.record_success()
         except Exception as exc:  # the loop must outlive any failure
             self._storage_failed("maintenance", exc)
+
+
+_UNLIMITED = contextlib.nullcontext()
+
+
+def _expired(scope: asyncio.Timeout | None) -> bool:
+    return scope is not None and scope.expired()
 
 
 def _extra(run: Run, worker: str) -> dict[str, Any]:
