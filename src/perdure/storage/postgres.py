@@ -43,14 +43,13 @@ from perdure.storage.database import (
     Row,
     Tx,
 )
+from perdure.storage.notifications import decode_notifications, encode_notifications
 from perdure.storage.queries import load_queries
 
 log = logging.getLogger("perdure.storage.postgres")
 
 #: The PostgreSQL channel every perdure notification travels on.
 NOTIFY_CHANNEL = "perdure"
-#: PostgreSQL rejects NOTIFY payloads of 8000 bytes or more.
-MAX_NOTIFY_BYTES = 7900
 #: Key of the transaction-scoped advisory lock that serializes migrators ("perdure" in ASCII).
 MIGRATION_LOCK_KEY = 0x70657264757265
 #: (name for error messages, SQL, parameters) of one statement of a pipeline.
@@ -493,43 +492,6 @@ async def _rollback_quietly(conn: Connection) -> None:
         log.debug("ROLLBACK failed; the pool will discard the connection", exc_info=True)
 
 
-def encode_notifications(origin: str, notifications: Sequence[tuple[str, str]]) -> str:
-    """One compact JSON payload for a transaction's notifications, under PostgreSQL's limit.
-
-    Too large a batch collapses to its distinct channels with empty payloads ("look again")."""
-    payload = _dumps({"o": origin, "n": [list(pair) for pair in notifications]})
-    if len(payload.encode()) < MAX_NOTIFY_BYTES:
-        return payload
-    channels = list(dict.fromkeys(channel for channel, _ in notifications))
-    while True:
-        payload = _dumps({"o": origin, "n": [[channel, ""] for channel in channels]})
-        if len(payload.encode()) < MAX_NOTIFY_BYTES or not channels:
-            return payload
-        channels.pop()
-
-
-def decode_notifications(payload: str, own_origin: str) -> list[tuple[str, str]]:
-    """Notifications in a payload sent by another instance; [] for our own or a foreign one."""
-    try:
-        data: Any = json.loads(payload)
-    except ValueError:
-        log.debug("ignoring a malformed notification payload: %.100r", payload)
-        return []
-    if not isinstance(data, dict):
-        return []
-    message = cast(dict[str, Any], data)
-    pairs: Any = message.get("n")
-    if message.get("o") == own_origin or not isinstance(pairs, list):
-        return []
-    notifications: list[tuple[str, str]] = []
-    for pair in cast(list[Any], pairs):
-        if isinstance(pair, list) and len(cast(list[Any], pair)) == 2:
-            channel, body = cast(list[Any], pair)
-            if isinstance(channel, str) and isinstance(body, str):
-                notifications.append((channel, body))
-    return notifications
-
-
 def redact_url(url: str) -> str:
     """The URL without its password, for error messages and logs."""
     parts = urlsplit(url)
@@ -537,7 +499,3 @@ def redact_url(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
