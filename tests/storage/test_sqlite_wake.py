@@ -297,6 +297,26 @@ async def test_a_path_too_long_for_a_socket_uses_a_short_directory(tmp_path: Pat
             shutil.rmtree(directory, ignore_errors=True)
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+async def test_a_forked_child_closing_its_copy_leaves_the_parent_listening(db_url: str) -> None:
+    async with open_storage(db_url) as here, open_storage(db_url) as there:
+        remote = Heard()
+        there.add_listener(remote)
+        listening = sockets_in(directory_of(there))
+
+        pid = os.fork()
+        if pid == 0:  # the child: what its shutdown or exit does with the inherited copy
+            try:
+                wake_of(there).close()
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+
+        assert sockets_in(directory_of(there)) == listening
+        await create_one(here)
+        await remote.wait_for(CHANNEL_WORK)
+
+
 async def test_memory_databases_have_no_wake_up_channel() -> None:
     async with open_storage("memory://") as storage:
         assert isinstance(storage.db, SQLiteDatabase)

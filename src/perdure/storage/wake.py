@@ -99,15 +99,18 @@ def _make_private_dir(path: str) -> None:
         os.chmod(path, 0o700)  # ours: e.g. made by hand under a permissive umask
 
 
-def _release(sockets: list[socket.socket], paths: list[str]) -> None:
+def _release(sockets: list[socket.socket], paths: list[tuple[str, int]]) -> None:
     # Also run by weakref.finalize at garbage collection or exit: unlink our socket files so
-    # peers need not find them dead, and close the sockets without a ResourceWarning.
+    # peers need not find them dead, and close the sockets without a ResourceWarning. A
+    # process forked after the bind closes its inherited copy but must not unlink the path:
+    # the socket is still its parent's.
     for sock in sockets:
         sock.close()
     sockets.clear()
-    for path in paths:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
+    for path, pid in paths:
+        if pid == os.getpid():
+            with contextlib.suppress(OSError):
+                os.unlink(path)
     paths.clear()
 
 
@@ -126,6 +129,7 @@ class SocketWake:
         self._sender: socket.socket | None = None
         self._receiver: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = os.getpid()  # of the process that listens
         self._own_name: str | None = None
         self._listen_failed = False
         self._peers: list[str] = []
@@ -134,7 +138,7 @@ class SocketWake:
         #: Channels of datagrams a peer missed (its buffer was full): sent as "look again".
         self._owed: dict[str, set[str]] = {}
         self._sockets: list[socket.socket] = []
-        self._paths: list[str] = []
+        self._paths: list[tuple[str, int]] = []  # (socket path, pid that bound it)
         self._finalizer = weakref.finalize(self, _release, self._sockets, self._paths)
 
     @property
@@ -164,7 +168,7 @@ class SocketWake:
             sock = socket.socket(self._family, socket.SOCK_DGRAM)
             sock.setblocking(False)
             sock.bind(path)
-            self._paths.append(path)
+            self._paths.append((path, os.getpid()))
             loop.add_reader(sock.fileno(), self._on_readable)
         except (OSError, NotImplementedError) as exc:  # e.g. a loop without add_reader
             if sock is not None:
@@ -176,6 +180,7 @@ class SocketWake:
         self._sockets.append(sock)
         self._receiver = sock
         self._loop = loop
+        self._pid = os.getpid()
         with self._lock:
             self._own_name = name
             self._listed_mtime = None  # our own bind changed the directory: list it again
@@ -290,7 +295,10 @@ class SocketWake:
         """Stop reading and remove our socket; idempotent."""
         receiver, self._receiver = self._receiver, None
         loop, self._loop = self._loop, None
-        if receiver is not None and loop is not None and not loop.is_closed():
+        # A forked child shares its parent's epoll instance: unregistering there would stop
+        # the parent's reads, so only the process that listens unregisters.
+        owner = self._pid == os.getpid()
+        if receiver is not None and loop is not None and owner and not loop.is_closed():
             # RuntimeError/ValueError: called from another thread or loop at exit.
             with contextlib.suppress(RuntimeError, ValueError):
                 loop.remove_reader(receiver.fileno())
