@@ -297,6 +297,17 @@ async def test_a_path_too_long_for_a_socket_uses_a_short_directory(tmp_path: Pat
             shutil.rmtree(directory, ignore_errors=True)
 
 
+def close_in_a_forked_child(wake: SocketWake) -> None:
+    """Fork; the child closes its inherited copy of `wake` (what its shutdown or exit does)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            wake.close()
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 async def test_a_forked_child_closing_its_copy_leaves_the_parent_listening(db_url: str) -> None:
     async with open_storage(db_url) as here, open_storage(db_url) as there:
@@ -304,13 +315,7 @@ async def test_a_forked_child_closing_its_copy_leaves_the_parent_listening(db_ur
         there.add_listener(remote)
         listening = sockets_in(directory_of(there))
 
-        pid = os.fork()
-        if pid == 0:  # the child: what its shutdown or exit does with the inherited copy
-            try:
-                wake_of(there).close()
-            finally:
-                os._exit(0)
-        os.waitpid(pid, 0)
+        close_in_a_forked_child(wake_of(there))
 
         assert sockets_in(directory_of(there)) == listening
         await create_one(here)
