@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from perdure.storage import CHANNEL_CANCEL, CHANNEL_FINISHED, CHANNEL_WORK, Storage
+from perdure.storage import wake as wake_module
 from perdure.storage.notifications import decode_notifications
 from perdure.storage.sqlite import SQLiteDatabase
 from perdure.storage.wake import SocketWake
@@ -273,6 +274,25 @@ async def test_without_a_socket_directory_it_falls_back_to_polling(
     fallbacks = [r for r in caplog.records if "no cross-process wake-ups" in r.getMessage()]
     assert len(fallbacks) == 1  # once, however many instances and commits
     assert fallbacks[0].levelno == logging.DEBUG
+
+
+async def test_without_unix_datagram_sockets_it_falls_back_to_polling(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="perdure.storage.sqlite")
+    monkeypatch.setattr(wake_module, "_UNSUPPORTED", True)  # as on Windows
+    async with open_storage(db_url) as here, open_storage(db_url) as there:
+        remote, local = Heard(), Heard()
+        there.add_listener(remote)
+        here.add_listener(local)
+
+        run = await create_one(here)
+
+        assert local.items == [(CHANNEL_WORK, "")]
+        assert (await claim_one(there)).id == run.id
+        assert remote.items == []
+    assert not (tmp_path / "perdure.db-wake").exists()
+    assert [r.getMessage() for r in caplog.records if "no AF_UNIX" in r.getMessage()] != []
 
 
 async def test_a_path_too_long_for_a_socket_uses_a_short_directory(tmp_path: Path) -> None:

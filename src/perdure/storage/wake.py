@@ -22,6 +22,7 @@ import os
 import secrets
 import socket
 import stat
+import sys
 import tempfile
 import threading
 import time
@@ -52,6 +53,9 @@ MAX_LISTING_AGE_NS = 5_000_000_000
 MAX_DRAIN = 64
 RECV_BYTES = 65536
 
+#: Windows has AF_UNIX stream sockets at most, no datagrams (and no uids): poll there.
+_UNSUPPORTED = sys.platform == "win32" or not hasattr(socket, "AF_UNIX")
+
 _fallbacks_logged: set[str] = set()
 _fallbacks_lock = threading.Lock()
 
@@ -78,6 +82,8 @@ def wake_dir(db_path: str) -> str | None:
     beside = real + WAKE_DIR_SUFFIX
     if len(os.fsencode(beside)) + SOCKET_NAME_ROOM <= MAX_SOCKET_PATH:
         return beside
+    if _UNSUPPORTED:
+        return None
     digest = hashlib.sha256(os.fsencode(real)).hexdigest()[:16]
     short = os.path.join(tempfile.gettempdir(), f"perdure-{os.getuid()}-{digest}")
     if len(os.fsencode(short)) + SOCKET_NAME_ROOM <= MAX_SOCKET_PATH:
@@ -124,7 +130,7 @@ class SocketWake:
         self._origin = origin
         self._deliver = deliver
         self._dir = wake_dir(db_path)
-        self._family: int | None = getattr(socket, "AF_UNIX", None)  # absent on Windows
+        self._family: int | None = None if _UNSUPPORTED else socket.AF_UNIX
         self._lock = threading.Lock()  # the peer cache and sender; commits may run on threads
         self._sender: socket.socket | None = None
         self._receiver: socket.socket | None = None
@@ -132,6 +138,7 @@ class SocketWake:
         self._pid = os.getpid()  # of the process that listens
         self._own_name: str | None = None
         self._listen_failed = False
+        self._closed = False
         self._peers: list[str] = []
         self._listed_mtime: int | None = None
         self._listed_at = 0
@@ -153,7 +160,7 @@ class SocketWake:
 
     def listen(self, loop: asyncio.AbstractEventLoop) -> None:
         """Bind this instance's socket and read it on `loop`; on failure, fall back quietly."""
-        if self._receiver is not None or self._listen_failed:
+        if self._receiver is not None or self._listen_failed or self._closed:
             return
         if self._family is None or self._dir is None:
             self._listen_failed = True
@@ -215,6 +222,8 @@ class SocketWake:
             return
         payload: bytes | None = None
         with self._lock:
+            if self._closed:  # a commit on another thread racing close(): nothing to open
+                return
             peers = self._list_peers(directory)
             if not peers:
                 return
@@ -303,5 +312,6 @@ class SocketWake:
             with contextlib.suppress(RuntimeError, ValueError):
                 loop.remove_reader(receiver.fileno())
         with self._lock:
+            self._closed = True
             self._sender = None
             self._finalizer()
