@@ -4,6 +4,8 @@ Write transactions run at READ COMMITTED on pooled autocommit connections with a
 BEGIN/COMMIT. The queries make that safe: claims lock rows with `FOR UPDATE SKIP LOCKED`, and
 every other write is a conditional UPDATE that PostgreSQL re-checks on the newest row version
 after waiting for a concurrent writer, so two transactions never both move the same run.
+A write that fits in one statement (data-modifying WITH: the records of durable steps) runs
+without BEGIN/COMMIT (`statement()`): autocommit makes it atomic on its own, in one round trip.
 
 Notifications queued on a transaction go out as ONE `pg_notify` just before COMMIT (NOTIFY
 takes a global lock at commit, so one small payload per transaction), and are also dispatched
@@ -38,6 +40,8 @@ from perdure.storage.database import (
     CHANNEL_CANCEL,
     CHANNEL_FINISHED,
     CHANNEL_WORK,
+    ConflictError,
+    ConnectionLostError,
     Database,
     Params,
     Row,
@@ -156,7 +160,7 @@ class PostgresTx(Tx):
                     await self.release()
                     continue
                 names = ", ".join(dict.fromkeys(repr(name) for name, _, _ in batch[-8:]))
-                raise StorageError(f"PostgreSQL query {names} failed: {exc}") from exc
+                raise _error(f"PostgreSQL query {names} failed: {exc}", exc, conn) from exc
             break
         else:
             raise StorageError(
@@ -177,7 +181,7 @@ class PostgresTx(Tx):
         try:
             return [] if cur.description is None else await cur.fetchall()
         except psycopg.Error as exc:
-            raise StorageError(f"PostgreSQL query {name!r} failed: {exc}") from exc
+            raise _error(f"PostgreSQL query {name!r} failed: {exc}", exc, self._conn) from exc
 
     async def execute(self, name: str, params: Params) -> int:
         return (await self._one(name, params)).rowcount
@@ -204,7 +208,7 @@ class PostgresTx(Tx):
         try:
             return await cur.fetchall()
         except psycopg.Error as exc:
-            raise StorageError(f"PostgreSQL query {name!r} failed: {exc}") from exc
+            raise _error(f"PostgreSQL query {name!r} failed: {exc}", exc, self._conn) from exc
 
     async def fetch_each(self, statements: Sequence[tuple[str, Params]]) -> list[list[Row]]:
         cursors = await self._send([(n, self._sql(n), _adapt(p)) for n, p in statements])
@@ -268,6 +272,7 @@ class PostgresDatabase(Database):
     libpq environment variables such as PGHOST and PGPASSWORD apply as usual)."""
 
     dialect = "postgres"
+    writes_in_one_statement = True
 
     def __init__(
         self,
@@ -390,6 +395,12 @@ class PostgresDatabase(Database):
         # BEGIN/COMMIT around reads would add two round trips and no consistency.
         return self._transaction(())
 
+    def statement(self) -> AbstractAsyncContextManager[Tx]:
+        # Autocommit: each write statement commits on its own, all of it or nothing. A first
+        # statement found on a broken pooled connection is replayed on another (`_send`);
+        # callers of write statements must recognise their own write (steps.py does).
+        return self._transaction(())
+
     def migration_transaction(self) -> AbstractAsyncContextManager[Tx]:
         # The advisory lock is held until COMMIT: migrators run one at a time, in any process.
         lock: Statement = ("lock", "SELECT pg_advisory_xact_lock(%(k)s)", {"k": MIGRATION_LOCK_KEY})
@@ -476,6 +487,16 @@ class PostgresDatabase(Database):
             self._dispatch(notifications)
         except Exception:
             log.exception("a notification listener failed")
+
+
+def _error(message: str, exc: psycopg.Error, conn: Connection | None) -> StorageError:
+    """The StorageError for a failed statement: a unique violation (nothing was written) and
+    a lost connection (an autocommit write may have committed) have their own types."""
+    if isinstance(exc, psycopg.errors.UniqueViolation):
+        return ConflictError(message)
+    if conn is not None and conn.broken:
+        return ConnectionLostError(message)
+    return StorageError(message)
 
 
 async def _configure(conn: Connection) -> None:

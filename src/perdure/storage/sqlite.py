@@ -229,6 +229,9 @@ class SQLiteDatabase(Database):
     def reader(self) -> Any:
         return self._tx("BEGIN DEFERRED")
 
+    def statement(self) -> Any:
+        return self._tx("BEGIN IMMEDIATE")
+
     def migration_transaction(self) -> Any:
         return self._tx("BEGIN EXCLUSIVE")
 

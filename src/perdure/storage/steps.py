@@ -1,7 +1,8 @@
 """Steps and waitpoints of durable functions (the `perdure_steps` aggregate).
 
-Each durable call of a body takes the next position of its run. Writes are fenced through
-`fence_and_bump` on the run row (run id, attempt, lease owner, running), which also reserves
+Each durable call of a body takes the next position of its run. Writes are fenced on the run
+row (run id, attempt, lease owner, running) — `fence_and_bump`, or `record_steps` for the
+records of steps, sleeps and tokens (group-committed, `records.py`) — which also reserves
 event numbers; waits serialize with their completions on the waitpoint rows, so a completion
 that lands while the run is suspending still wakes it.
 """
@@ -18,10 +19,12 @@ from perdure.storage.database import (
     CHANNEL_CANCEL,
     CHANNEL_FINISHED,
     CHANNEL_WORK,
+    ConflictError,
     Database,
     Row,
     Tx,
 )
+from perdure.storage.records import GroupCommit, Records
 from perdure.storage.rows import dumps, loads_json
 from perdure.storage.writes import EventLog, run_insert_params
 
@@ -49,6 +52,23 @@ def row_to_step(row: Row) -> StepRecord:
         batch=row["batch"],
         attempt=row["attempt"],
     )
+
+
+def step_event_data(step: StepRecord) -> dict[str, Any]:
+    """The data of the `<kind>_recorded` event written with a record."""
+    data: dict[str, Any] = {
+        "position": step.position,
+        "kind": step.kind,
+        "name": step.name,
+        "status": step.status,
+    }
+    if step.child_run_id:
+        data["child_run_id"] = step.child_run_id
+    if step.token_id:
+        data["token_id"] = step.token_id
+    if step.error is not None:
+        data["error"] = step.error.to_json()
+    return data
 
 
 def _step_params(step: StepRecord, now: float) -> dict[str, Any]:
@@ -95,6 +115,7 @@ class StepStore:
     """Mixed into `Storage`: operations on steps, tokens and child waits."""
 
     db: Database
+    _records_writer: GroupCommit | None = None
 
     async def load_steps(self, run_id: str) -> list[StepRecord]:
         async with self.db.reader() as tx:
@@ -114,6 +135,50 @@ class StepStore:
         a sleeping task's token) atomically, fenced on the attempt. `False`: the attempt lost
         its lease; nothing was written. `DuplicateRunError`: a token id is taken by another
         run (a sleeping task's unique id used twice); nothing was written."""
+        if not children and not child_steps:
+            try:
+                return await self._group_commit().record(_records(fence, steps, now))
+            except ConflictError:
+                pass  # a position or token id is taken: the transaction below says which
+            try:
+                return await self._record_in_transaction(fence, steps, now)
+            except _PositionTakenError:
+                # A statement whose connection broke may have committed before it was retried.
+                if await self._recorded_by(fence, steps):
+                    return True
+                raise
+        return await self._record_in_transaction(
+            fence, steps, now, children=children, child_steps=child_steps
+        )
+
+    def _group_commit(self) -> GroupCommit:
+        if self._records_writer is None:
+            self._records_writer = GroupCommit(self.db)
+        return self._records_writer
+
+    async def _recorded_by(self, fence: Fence, steps: Sequence[StepRecord]) -> bool:
+        """Whether these records are stored, written by this very attempt."""
+        stored = {s.position: s for s in await self.load_steps(fence.run_id)}
+        for step in steps:
+            found = stored.get(step.position)
+            if found is None or (found.attempt, found.kind, found.name, found.status) != (
+                fence.attempt,
+                step.kind,
+                step.name,
+                step.status,
+            ):
+                return False
+        return True
+
+    async def _record_in_transaction(
+        self,
+        fence: Fence,
+        steps: Sequence[StepRecord],
+        now: float,
+        *,
+        children: Sequence[NewRun] = (),
+        child_steps: Sequence[StepRecord] = (),
+    ) -> bool:
         n_events = len(steps)
         async with self.db.transaction() as tx:
             bumped = await tx.fetchone("fence_and_bump", fence.params(now, n_events))
@@ -123,18 +188,7 @@ class StepStore:
             events = EventLog()
             first = bumped["event_seq"] - n_events + 1
             for i, step in enumerate(steps):
-                data: dict[str, Any] = {
-                    "position": step.position,
-                    "kind": step.kind,
-                    "name": step.name,
-                    "status": step.status,
-                }
-                if step.child_run_id:
-                    data["child_run_id"] = step.child_run_id
-                if step.token_id:
-                    data["token_id"] = step.token_id
-                if step.error is not None:
-                    data["error"] = step.error.to_json()
+                data = step_event_data(step)
                 events.add(fence.run_id, first + i, f"{step.kind}_recorded", now, **data)
             if children:  # one batch statement (one round trip on PostgreSQL)
                 params = [run_insert_params(child, now) for child in children]
@@ -455,6 +509,30 @@ async def _insert_steps(tx: Tx, steps: Sequence[StepRecord], now: float) -> None
                 f"run {step.run_id} cannot take it (nothing was stored)"
             )
     raise _PositionTaken
+
+
+def _records(fence: Fence, steps: Sequence[StepRecord], now: float) -> Records:
+    """The rows one fenced write of records inserts (`records.py` writes them)."""
+    return Records(
+        fence={
+            "id": fence.run_id,
+            "attempt": fence.attempt,
+            "worker_id": fence.worker_id,
+            "n_events": len(steps),
+            "now": now,
+        },
+        steps=[_step_params(step, now) for step in steps],
+        events=[
+            {
+                "run_id": fence.run_id,
+                "n": i,
+                "type": f"{step.kind}_recorded",
+                "at": now,
+                "data": dumps(step_event_data(step)),
+            }
+            for i, step in enumerate(steps, start=1)
+        ],
+    )
 
 
 class _PositionTakenError(Exception):

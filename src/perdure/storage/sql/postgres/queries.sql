@@ -347,6 +347,52 @@ WHERE id = %(id)s AND attempt = %(attempt)s AND lease_owner = %(worker_id)s
   AND status = 'running'
 RETURNING event_seq;
 
+-- name: record_steps
+-- Durable-call records of a batch of attempts in ONE statement, run in autocommit: one round
+-- trip and one commit (one WAL flush) for every attempt of the batch (records.py). Each run
+-- is fenced on its attempt's lease; a run that fails its fence gets no record and no event.
+-- Rows are locked in id order first (as extend_leases does), so concurrent multi-row writers
+-- cannot deadlock. A position or token id already taken fails the whole statement (unique
+-- violation), so nothing is written and the caller falls back to record_steps' transaction.
+-- %(rows)s: one fence per run (id, attempt, worker_id, n_events, now); %(steps)s and
+-- %(events)s: the rows to insert, an event's seq given as its offset `n` in its run's batch.
+WITH fence AS (
+    SELECT * FROM json_to_recordset(%(rows)s::json) AS f(
+        id text, attempt integer, worker_id text, n_events integer, now double precision
+    )
+), locked AS MATERIALIZED (
+    SELECT r.id FROM perdure_runs AS r
+    WHERE r.id = ANY(ARRAY(SELECT f.id FROM fence AS f))
+    ORDER BY r.id
+    FOR NO KEY UPDATE OF r
+), fenced AS (
+    UPDATE perdure_runs AS r
+    SET event_seq = r.event_seq + f.n_events, updated_at = f.now
+    FROM locked JOIN fence AS f ON f.id = locked.id
+    WHERE r.id = locked.id AND r.attempt = f.attempt AND r.lease_owner = f.worker_id
+      AND r.status = 'running'
+    RETURNING r.id, r.event_seq - f.n_events AS seq_before
+), recorded AS (
+    INSERT INTO perdure_steps (run_id, position, kind, name, status, output, error, wake_at,
+                               token_id, child_run_id, batch, attempt, created_at, completed_at)
+    SELECT s.run_id, s.position, s.kind, s.name, s.status, s.output, s.error, s.wake_at,
+           s.token_id, s.child_run_id, s.batch, s.attempt, s.now, s.completed_at
+    FROM json_to_recordset(%(steps)s::json) AS s(
+        run_id text, position integer, kind text, name text, status text, output text,
+        error text, wake_at double precision, token_id text, child_run_id text, batch integer,
+        attempt integer, now double precision, completed_at double precision
+    )
+    JOIN fenced ON fenced.id = s.run_id
+), logged AS (
+    INSERT INTO perdure_events (run_id, seq, type, at, data)
+    SELECT e.run_id, fenced.seq_before + e.n, e.type, e.at, e.data
+    FROM json_to_recordset(%(events)s::json) AS e(
+        run_id text, n integer, type text, at double precision, data text
+    )
+    JOIN fenced ON fenced.id = e.run_id
+)
+SELECT id, seq_before FROM fenced;
+
 -- name: load_steps
 SELECT * FROM perdure_steps WHERE run_id = %(run_id)s ORDER BY position;
 

@@ -281,6 +281,15 @@ SET event_seq = event_seq + :n_events, updated_at = :now
 WHERE id = :id AND attempt = :attempt AND lease_owner = :worker_id AND status = 'running'
 RETURNING event_seq;
 
+-- name: record_steps
+-- Fences one run of a batch of durable-call records (a batch statement: once per run) and
+-- reserves its events' numbers; records.py inserts the records and events in the same
+-- BEGIN IMMEDIATE transaction (PostgreSQL does all of it in this one statement).
+UPDATE perdure_runs
+SET event_seq = event_seq + :n_events, updated_at = :now
+WHERE id = :id AND attempt = :attempt AND lease_owner = :worker_id AND status = 'running'
+RETURNING id, event_seq - :n_events AS seq_before;
+
 -- name: load_steps
 SELECT * FROM perdure_steps WHERE run_id = :run_id ORDER BY position;
 
