@@ -4,7 +4,9 @@ group-committed across attempts without one attempt's failure touching another's
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import psycopg
 import pytest
 
 from perdure.core.errors import DuplicateRunError
@@ -16,7 +18,7 @@ from tests.storage.factories import LEASE, T0, claim, claim_one, create, create_
 pytestmark = pytest.mark.timeout(30)
 
 
-def step(run: Run, position: int, name: str | None = None, **fields: object) -> StepRecord:
+def step(run: Run, position: int, name: str | None = None, **fields: Any) -> StepRecord:
     return StepRecord(
         run_id=run.id,
         position=position,
@@ -24,7 +26,7 @@ def step(run: Run, position: int, name: str | None = None, **fields: object) -> 
         name=name or f"s{position}",
         status="completed",
         attempt=run.attempt,
-        **fields,  # type: ignore[arg-type]
+        **fields,
     )
 
 
@@ -136,19 +138,59 @@ async def test_a_taken_position_stores_nothing_and_spares_other_runs(storage: St
 async def test_a_token_id_taken_by_another_run_is_refused(storage: Storage) -> None:
     await create(storage, new_run(), new_run())
     first, second = await claim(storage, "w1", limit=2)
-    token = {"kind": "token", "name": "token", "status": "pending", "token_id": "tok_same"}
+    token: dict[str, Any] = {
+        "kind": "token",
+        "name": "token",
+        "status": "pending",
+        "token_id": "tok_same",
+    }
     assert await storage.record_steps(
         Fence(first.id, first.attempt, "w1"),
-        [StepRecord(run_id=first.id, position=0, attempt=first.attempt, **token)],  # type: ignore[arg-type]
+        [StepRecord(run_id=first.id, position=0, attempt=first.attempt, **token)],
         T0,
     )
 
     with pytest.raises(DuplicateRunError, match="tok_same"):
         await storage.record_steps(
             Fence(second.id, second.attempt, "w1"),
-            [StepRecord(run_id=second.id, position=0, attempt=second.attempt, **token)],  # type: ignore[arg-type]
+            [StepRecord(run_id=second.id, position=0, attempt=second.attempt, **token)],
             T0,
         )
 
     assert await storage.load_steps(second.id) == []
     assert await recorded_events(storage, second.id) == []
+
+
+async def test_recording_the_same_record_again_is_idempotent(storage: Storage) -> None:
+    """What a write retried after its connection broke sees if the first one had committed."""
+    run = (await create(storage, new_run()))[0]
+    run = await claim_one(storage, "w1")
+    fence = Fence(run.id, run.attempt, "w1")
+    record = step(run, 0, output={"n": 1})
+    assert await storage.record_steps(fence, [record], T0)
+
+    assert await storage.record_steps(fence, [record], T0 + 1)
+    with pytest.raises(Exception):  # noqa: B017 - a different record: the position is taken
+        await storage.record_steps(fence, [step(run, 0, output={"n": 2})], T0 + 1)
+
+    assert await storage.load_steps(run.id) == [record]
+    assert await recorded_events(storage, run.id) == [(3, "step_recorded", 0)]
+
+
+async def test_a_write_on_connections_the_server_dropped_is_retried(
+    storage: Storage, backend: str, backend_url: str
+) -> None:
+    if backend != "postgres":
+        pytest.skip("only PostgreSQL has pooled connections the server can drop")
+    await create(storage, new_run())
+    run = await claim_one(storage, "w1")
+    async with await psycopg.AsyncConnection.connect(backend_url, autocommit=True) as admin:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+    assert await storage.record_steps(Fence(run.id, run.attempt, "w1"), [step(run, 0)], T0)
+
+    assert [s.position for s in await storage.load_steps(run.id)] == [0]
+    assert await recorded_events(storage, run.id) == [(3, "step_recorded", 0)]

@@ -157,18 +157,11 @@ class StepStore:
         return self._records_writer
 
     async def _recorded_by(self, fence: Fence, steps: Sequence[StepRecord]) -> bool:
-        """Whether these records are stored, written by this very attempt."""
+        """Whether exactly these records are stored, written by this very attempt."""
         stored = {s.position: s for s in await self.load_steps(fence.run_id)}
-        for step in steps:
-            found = stored.get(step.position)
-            if found is None or (found.attempt, found.kind, found.name, found.status) != (
-                fence.attempt,
-                step.kind,
-                step.name,
-                step.status,
-            ):
-                return False
-        return True
+        return all(
+            step.attempt == fence.attempt and stored.get(step.position) == step for step in steps
+        )
 
     async def _record_in_transaction(
         self,
