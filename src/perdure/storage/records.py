@@ -12,6 +12,7 @@ round trips to save: each record is one BEGIN IMMEDIATE transaction, written at 
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -183,6 +184,16 @@ def _settle(records: Records, outcome: bool | BaseException) -> None:
         if waiter.done():  # its caller was cancelled
             continue
         if isinstance(outcome, BaseException):
-            waiter.set_exception(outcome)
+            waiter.set_exception(_copy(outcome))
         else:
             waiter.set_result(outcome)
+
+
+def _copy(exc: BaseException) -> BaseException:
+    """A copy per waiter: each raises it in its own task, adding its own traceback."""
+    try:
+        clone = copy.copy(exc)
+    except Exception:  # an exception class that cannot be rebuilt from its args
+        return exc
+    clone.__cause__, clone.__traceback__ = exc.__cause__, exc.__traceback__
+    return clone
