@@ -194,3 +194,31 @@ async def test_a_write_on_connections_the_server_dropped_is_retried(
 
     assert [s.position for s in await storage.load_steps(run.id)] == [0]
     assert await recorded_events(storage, run.id) == [(3, "step_recorded", 0)]
+
+
+async def test_progress_events_are_fenced_and_share_the_sequence_with_records(
+    storage: Storage,
+) -> None:
+    run = (await create(storage, new_run()))[0]
+    run = await claim_one(storage, "w1")
+    fence = Fence(run.id, run.attempt, "w1")
+    progress = [("progress", {"data": 1}), ("log", {"level": "INFO", "message": "hi"})]
+
+    results = await asyncio.gather(
+        storage.record_steps(fence, [step(run, 0)], T0),
+        storage.append_events(fence, progress, T0),
+        storage.record_steps(fence, [step(run, 1)], T0),
+    )
+    stale = await storage.append_events(Fence(run.id, run.attempt, "w2"), progress, T0)
+
+    assert results == [True, True, True]
+    assert stale is False
+    events = await storage.get_events(run.id)
+    assert [e.seq for e in events] == list(range(1, 7))
+    assert sorted(e.type for e in events[2:]) == [
+        "log",
+        "progress",
+        "step_recorded",
+        "step_recorded",
+    ]
+    assert next(e.data for e in events if e.type == "progress") == {"data": 1}

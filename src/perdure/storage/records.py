@@ -7,6 +7,7 @@ and one commit — one WAL flush — for all of them, instead of BEGIN, fence, i
 COMMIT for each. A write never waits for company: an idle writer sends at once, and records
 that arrive while a statement is in flight go together in the next one. SQLite has no
 round trips to save: each record is one BEGIN IMMEDIATE transaction, written at once.
+Progress and log events of a running attempt (no record) are written the same way.
 """
 
 from __future__ import annotations

@@ -311,19 +311,17 @@ class StepStore:
     async def append_events(
         self, fence: Fence, events_data: Sequence[tuple[str, dict[str, Any]]], now: float
     ) -> bool:
-        """Progress and log lines of a running attempt, as events (fenced)."""
+        """Progress and log lines of a running attempt, as events (fenced; written like step
+        records, so on PostgreSQL in one statement, group-committed)."""
         if not events_data:
             return True
-        async with self.db.transaction() as tx:
-            row = await tx.fetchone("fence_and_bump", fence.params(now, len(events_data)))
-            if row is None:
-                return False
-            events = EventLog()
-            first = row["event_seq"] - len(events_data) + 1
-            for i, (type_, data) in enumerate(events_data):
-                events.add(fence.run_id, first + i, type_, now, **data)
-            await events.flush(tx)
-        return True
+        events = [
+            {"run_id": fence.run_id, "n": i, "type": type_, "at": now, "data": dumps(data)}
+            for i, (type_, data) in enumerate(events_data, start=1)
+        ]
+        return await self._group_commit().record(
+            Records(fence=_fence_row(fence, len(events), now), steps=[], events=events)
+        )
 
     async def fork_run(self, new_run: NewRun, source_run_id: str, upto: int, now: float) -> None:
         """Create `new_run` with the source's step records before position `upto` (one
@@ -504,16 +502,20 @@ async def _insert_steps(tx: Tx, steps: Sequence[StepRecord], now: float) -> None
     raise _PositionTaken
 
 
+def _fence_row(fence: Fence, n_events: int, now: float) -> dict[str, Any]:
+    return {
+        "id": fence.run_id,
+        "attempt": fence.attempt,
+        "worker_id": fence.worker_id,
+        "n_events": n_events,
+        "now": now,
+    }
+
+
 def _records(fence: Fence, steps: Sequence[StepRecord], now: float) -> Records:
     """The rows one fenced write of records inserts (`records.py` writes them)."""
     return Records(
-        fence={
-            "id": fence.run_id,
-            "attempt": fence.attempt,
-            "worker_id": fence.worker_id,
-            "n_events": len(steps),
-            "now": now,
-        },
+        fence=_fence_row(fence, len(steps), now),
         steps=[_step_params(step, now) for step in steps],
         events=[
             {

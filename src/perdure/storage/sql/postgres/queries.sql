@@ -348,12 +348,13 @@ WHERE id = %(id)s AND attempt = %(attempt)s AND lease_owner = %(worker_id)s
 RETURNING event_seq;
 
 -- name: record_steps
--- Durable-call records of a batch of attempts in ONE statement, run in autocommit: one round
--- trip and one commit (one WAL flush) for every attempt of the batch (records.py). Each run
--- is fenced on its attempt's lease; a run that fails its fence gets no record and no event.
--- Rows are locked in id order first (as extend_leases does), so concurrent multi-row writers
--- cannot deadlock. A position or token id already taken fails the whole statement (unique
--- violation), so nothing is written and the caller falls back to record_steps' transaction.
+-- Durable-call records (or progress/log events alone) of a batch of attempts in ONE statement,
+-- run in autocommit: one round trip and one commit (one WAL flush) for the whole batch
+-- (records.py). Each run is fenced on its attempt's lease; a run that fails its fence gets
+-- no record and no event. Rows are locked in id order first (as extend_leases does), so
+-- concurrent multi-row writers cannot deadlock. A position or token id already taken fails
+-- the whole statement (unique violation): nothing is written, and the caller falls back to
+-- record_steps' transaction.
 -- %(rows)s: one fence per run (id, attempt, worker_id, n_events, now); %(steps)s and
 -- %(events)s: the rows to insert, an event's seq given as its offset `n` in its run's batch.
 WITH fence AS (
