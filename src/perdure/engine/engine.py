@@ -749,7 +749,10 @@ class Engine(QueueOps):
                 for run_id in list(self._waiters):
                     self._attempt_finished(run_id)
         elif channel == CHANNEL_CANCEL and self._worker is not None:
-            self._worker.cancel_local(payload)
+            if payload:
+                self._worker.cancel_local(payload)
+            else:  # "look again": some run was cancelled; the ownership check finds which
+                self._worker.check_leases()
 
     # --- blocking twins ----------------------------------------------------------------------
 

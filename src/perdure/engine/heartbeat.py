@@ -3,7 +3,8 @@ blocks the event loop (CPU-bound code) still heartbeats and is not declared dead
 
 Every `check_interval` it also asks which of this worker's attempts it still owns: a run
 cancelled from another process, or whose lease another worker recovered, is reported lost
-and its attempt is stopped.
+and its attempt is stopped. `check_now()` runs that check at once (a cancel notification that
+names no run: "look again").
 
 Failures go to the worker's circuit breaker, which logs the outage once; while it is open the
 heartbeat retries at the breaker's pace, and it never stops beating because of an error.
@@ -51,6 +52,10 @@ class Heartbeat:
         self._snapshot = snapshot
         self._on_lost = on_lost
         self._stop = threading.Event()
+        # Set on the event loop, waited on by the heartbeat thread: a threading.Event is safe
+        # across that boundary, and every poke before a check starts is served by that check.
+        self._poked = threading.Event()
+        self._poked_on_loop = asyncio.Event()  # the same, when beating on the loop
         self._thread: threading.Thread | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_extend = time.monotonic()
@@ -67,8 +72,15 @@ class Heartbeat:
             # take its leases: beating on the loop is enough.
             self._task = asyncio.get_running_loop().create_task(self._loop_main())
 
+    def check_now(self) -> None:
+        """Check now, not at the next interval, which attempts this worker still owns; call
+        it on the worker's event loop. Pokes that arrive before the check starts share it."""
+        self._poked.set()
+        self._poked_on_loop.set()
+
     async def stop(self) -> None:
         self._stop.set()
+        self._poked.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -76,25 +88,33 @@ class Heartbeat:
         if self._thread is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 10)
 
-    def _pause(self) -> float:
-        """Seconds until the next beat: the check interval, or longer while the breaker is
-        open (the database is unreachable)."""
-        return max(self._check_interval, self._breaker.wait_time())
+    def _pauses(self) -> tuple[float, float]:
+        """Seconds until the next beat, as (deaf to pokes, then ended by one): the check
+        interval, or longer while the breaker is open, when pokes must not add retries."""
+        backoff = self._breaker.wait_time()
+        return backoff, max(0.0, self._check_interval - backoff)
 
     def _thread_main(self) -> None:
         storage = make_storage(self._main_storage.url)
         with asyncio.Runner() as runner:
             try:
                 while not self._stop.is_set():
+                    self._poked.clear()  # a poke from now on asks for one more check
                     runner.run(self._beat(storage))
-                    self._stop.wait(self._pause())
+                    backoff, interval = self._pauses()
+                    self._stop.wait(backoff)
+                    self._poked.wait(interval)
             finally:
                 runner.run(storage.close())
 
     async def _loop_main(self) -> None:
         while not self._stop.is_set():
+            self._poked_on_loop.clear()
             await self._beat(self._main_storage)
-            await asyncio.sleep(self._pause())
+            backoff, interval = self._pauses()
+            await asyncio.sleep(backoff)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poked_on_loop.wait(), interval)
 
     async def _beat(self, storage: Storage) -> None:
         attempts = self._snapshot()

@@ -216,6 +216,10 @@ class Worker:
         if attempt is not None:
             attempt.stop(STOP_CANCELLED)
 
+    def check_leases(self) -> None:
+        """Stop, now, the attempts no longer leased to this worker (the heartbeat's check)."""
+        self._heartbeat.check_now()
+
     # --- claiming ----------------------------------------------------------------------------
 
     async def _claim_loop(self) -> None:
