@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import contextvars
 import inspect
+import itertools
 import typing
 import weakref
 from collections.abc import Callable, Sequence
@@ -60,11 +61,16 @@ class Suspend(BaseException):
         wait_positions: Sequence[int],
         wake_at: float | None,
         status: RunStatus = RunStatus.SUSPENDED,
+        *,
+        committed: bool = False,
     ) -> None:
         super().__init__("run suspended")
         self.wait_positions = list(wait_positions)
         self.wake_at = wake_at
         self.status = status
+        #: The suspension was already committed (with the children it waits for): the worker
+        #: only releases the slot.
+        self.committed = committed
 
 
 class StartsWithSteps(Protocol):
@@ -155,10 +161,16 @@ class Durable:
         steps: Sequence[StepRecord],
         children: Sequence[NewRun] = (),
         child_steps: Sequence[StepRecord] = (),
+        suspend_as: RunStatus | None = None,
     ) -> None:
         try:
             ok = await self.storage.record_steps(
-                self.fence, steps, self.now, children=children, child_steps=child_steps
+                self.fence,
+                steps,
+                self.now,
+                children=children,
+                child_steps=child_steps,
+                suspend_as=suspend_as,
             )
         except DuplicateRunError as exc:  # the same ids would collide on every retry
             raise NonRetryableError(
@@ -305,9 +317,15 @@ class Durable:
         children: Sequence[tuple[Task[Any, Any], Any]],
         options: TriggerOptions,
         status: RunStatus = RunStatus.SUSPENDED,
+        *,
+        suspend_now: bool = False,
     ) -> list[RunResult[Any]]:
         """Start child runs (one transaction, at consecutive positions) and wait, as `status`,
-        until all have settled; their results come back in order, failed ones included."""
+        until all have settled; their results come back in order, failed ones included.
+
+        `suspend_now`: the body makes no other durable call meanwhile (a tree node), so the
+        run suspends in the transaction that creates the children instead of one more after
+        the body unwinds."""
         n = len(children)
         if n == 0:
             return []
@@ -324,11 +342,7 @@ class Durable:
             for p, (task, _) in zip(positions, children, strict=True)
         ]
         if all(r is None for r in records):
-            engine = self.ctx.engine
-            new_runs = [
-                engine._new_runs(task, [value], options, parent=self.run)[0]  # pyright: ignore[reportPrivateUsage]
-                for task, value in children
-            ]
+            new_runs = self._new_children(children, options)
             steps = [
                 self._step(p, "child", task.id, STEP_PENDING, child_run_id=c.id, batch=first)
                 for p, (task, _), c in zip(positions, children, new_runs, strict=True)
@@ -341,11 +355,29 @@ class Durable:
                 if hasattr(task, "initial_steps")
                 for step in typing.cast(StartsWithSteps, task).initial_steps(c.id, value, now)
             ]
-            await self.record(steps, new_runs, child_steps)
-            raise Suspend(positions, None, status)
+            if not suspend_now:
+                await self.record(steps, new_runs, child_steps)
+                raise Suspend(positions, None, status)
+            # Buffered progress, logs and metadata go first: once the run is suspended, no
+            # write of this attempt passes the fence any more.
+            await self.ctx._flush_events(first)  # pyright: ignore[reportPrivateUsage]
+            await self.record(steps, new_runs, child_steps, suspend_as=status)
+            raise Suspend(positions, None, status, committed=True)
         if any(r is None or r.status == STEP_PENDING for r in records):
             raise Suspend(positions, None, status)
         return [_child_result(r, task) for r, (task, _) in zip(records, children, strict=True) if r]
+
+    def _new_children(
+        self, children: Sequence[tuple[Task[Any, Any], Any]], options: TriggerOptions
+    ) -> list[NewRun]:
+        """Validated rows of new child runs, in order; one `_new_runs` call per run of
+        consecutive children of the same task (a parent's children usually share one)."""
+        engine = self.ctx.engine
+        new_runs: list[NewRun] = []
+        for task, group in itertools.groupby(children, key=lambda c: c[0]):
+            inputs = [value for _, value in group]
+            new_runs += engine._new_runs(task, inputs, options, parent=self.run)  # pyright: ignore[reportPrivateUsage]
+        return new_runs
 
 
 def _child_result(record: StepRecord, task: Task[Any, T]) -> RunResult[T]:

@@ -282,6 +282,10 @@ class Worker:
                 outcome = None
         except Suspend as exc:
             suspend = exc
+            # Already suspended in the transaction that created its children: no write of
+            # this attempt may follow, and a lease check must not report it lost.
+            if exc.committed:
+                attempt.finishing = True
         except LeaseLost:
             attempt.stop_reason = attempt.stop_reason or STOP_LEASE_LOST
         except BaseException as exc:  # never let one attempt kill the worker
@@ -292,7 +296,8 @@ class Worker:
                 RunStatus.FAILED,
                 error=ErrorInfo.from_exception(exc, retryable=False),
             )
-        if attempt.stop_reason is None and (outcome is not None or suspend is not None):
+        waits = suspend is not None and not suspend.committed
+        if attempt.stop_reason is None and (outcome is not None or waits):
             try:
                 await attempt.ctx._flush_events()  # pyright: ignore[reportPrivateUsage]
             except PerdureError as exc:
@@ -302,7 +307,7 @@ class Worker:
                     exc,
                     extra=_extra(run, self.id),
                 )
-        if suspend is not None and attempt.stop_reason is None:
+        if suspend is not None and not suspend.committed and attempt.stop_reason is None:
             attempt.finishing = True
             try:
                 suspended = await self._retrying(

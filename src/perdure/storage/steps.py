@@ -109,14 +109,31 @@ class StepStore:
         *,
         children: Sequence[NewRun] = (),
         child_steps: Sequence[StepRecord] = (),
+        suspend_as: RunStatus | None = None,
     ) -> bool:
         """Record durable calls (and create child runs, with the records they start with:
-        a sleeping task's token) atomically, fenced on the attempt. `False`: the attempt lost
-        its lease; nothing was written. `DuplicateRunError`: a token id is taken by another
+        a sleeping task's token) atomically, fenced on the attempt. With `suspend_as`, the
+        run also releases its slot and waits in that status for `steps`, in the same
+        transaction (a tree node that has just created its children). `False`: the attempt
+        lost its lease; nothing was written. `DuplicateRunError`: a token id is taken by another
         run (a sleeping task's unique id used twice); nothing was written."""
-        n_events = len(steps)
+        n_events = len(steps) + (suspend_as is not None)
         async with self.db.transaction() as tx:
-            bumped = await tx.fetchone("fence_and_bump", fence.params(now, n_events))
+            if suspend_as is None:
+                bumped = await tx.fetchone("fence_and_bump", fence.params(now, n_events))
+            else:
+                if suspend_as not in WAITING_STATUSES:
+                    raise ValueError(f"cannot suspend into status {suspend_as.value!r}")
+                # No wake-up time: the waitpoints are created pending in this transaction, so
+                # none can have settled before it commits; their settlement wakes the run.
+                bumped = await tx.fetchone(
+                    "suspend_run",
+                    {
+                        **fence.params(now, n_events),
+                        "available_at": None,
+                        "status": suspend_as.value,
+                    },
+                )
             if bumped is None:
                 return False
             await _insert_steps(tx, steps, now)
@@ -136,6 +153,17 @@ class StepStore:
                 if step.error is not None:
                     data["error"] = step.error.to_json()
                 events.add(fence.run_id, first + i, f"{step.kind}_recorded", now, **data)
+            if suspend_as is not None:
+                events.add(
+                    fence.run_id,
+                    bumped["event_seq"],
+                    "suspended",
+                    now,
+                    status=suspend_as.value,
+                    attempt=fence.attempt,
+                    wake_at=None,
+                    waiting_for=[step.position for step in steps],
+                )
             if children:  # one batch statement (one round trip on PostgreSQL)
                 params = [run_insert_params(child, now) for child in children]
                 inserted = await tx.execute_batch("insert_runs", params)
@@ -145,16 +173,16 @@ class StepStore:
                         f"{fence.run_id} could not be inserted (an id or idempotency key is "
                         "taken); nothing was stored"
                     )
-            for child in children:
-                events.add(
-                    child.id,
-                    1,
-                    "created",
-                    now,
-                    status=child.status.value,
-                    queue=child.queue,
-                    parent_id=fence.run_id,
-                )
+                # Every child's `created` event carries the same data: serialize it once.
+                by_kind: dict[tuple[str, str], str] = {}
+                for child in children:
+                    kind = (child.status.value, child.queue)
+                    data_json = by_kind.get(kind)
+                    if data_json is None:
+                        data_json = by_kind[kind] = dumps(
+                            {"status": kind[0], "queue": kind[1], "parent_id": fence.run_id}
+                        )
+                    events.add_json(child.id, 1, "created", now, data_json)
             await _insert_steps(tx, child_steps, now)
             await events.flush(tx)
             if children:
@@ -361,51 +389,70 @@ async def settle_child_waits(
     """In the transaction that finishes child runs: record each child's settled result on
     its parent's waitpoint and wake parents whose whole batch has settled (same commit, so a
     parent can never miss its wake-up)."""
+    if not settled:
+        return []
+    # One batch statement for every child of the commit (one round trip on PostgreSQL, which
+    # also locks their parents there, in id order: see the query).
+    rows = await tx.fetch_batch(
+        "settle_child_waits",
+        [
+            {"child_run_id": child_run_id, "output": dumps(result)}
+            for child_run_id, result in settled
+        ],
+        {"now": now},
+    )
+    waits = {row["child_run_id"]: row for row in rows}
     # Per parent, not per child: a group commit often settles many children of one parent.
     by_parent: dict[str, tuple[list[tuple[str, str]], set[int]]] = {}
     for child_run_id, result in settled:
-        rows = await tx.fetchall(
-            "settle_child_waits",
-            {"child_run_id": child_run_id, "output": dumps(result), "now": now},
-        )
-        for row in rows:
-            children, batches = by_parent.setdefault(row["run_id"], ([], set()))
-            children.append((child_run_id, result["status"]))
-            batches.add(row["batch"])
+        row = waits.get(child_run_id)
+        if row is None:  # not a child wait (a run triggered with a parent id only), or settled
+            continue
+        children, batches = by_parent.setdefault(row["run_id"], ([], set()))
+        children.append((child_run_id, result["status"]))
+        batches.add(row["batch"])
+    if not by_parent:
+        return []
     woken: list[str] = []
     events = EventLog()
     # Parents in id order, so concurrent settlements lock parent rows in the same order. The
-    # parent row is locked (bump) before the batch is checked: of two transactions settling
-    # a batch's last children, the second sees the first's settlement and wakes the parent.
-    for parent_id in sorted(by_parent):
-        children, batches = by_parent[parent_id]
-        bumped = await tx.fetchone("bump_event_seq", {"id": parent_id, "n_events": len(children)})
-        if bumped is not None:
-            first = bumped["event_seq"] - len(children) + 1
-            for i, (child_run_id, status) in enumerate(children):
-                events.add(
-                    parent_id,
-                    first + i,
-                    "child_settled",
-                    now,
-                    child_run_id=child_run_id,
-                    child_status=status,
-                )
-        for batch in sorted(batches):
-            woke = await tx.fetchone(
-                "wake_if_settled",
-                {"id": parent_id, "batch": batch, "now": now, "waiting": WAITING},
+    # parent row is locked (bump) before the batch is checked, in a later statement: of two
+    # transactions settling a batch's last children, the second sees the first's settlement
+    # and wakes the parent.
+    parent_ids = sorted(by_parent)
+    bumped = await tx.fetch_batch(
+        "bump_event_seqs", [{"id": p, "n_events": len(by_parent[p][0])} for p in parent_ids]
+    )
+    for row in bumped:
+        parent_id = row["id"]
+        children = by_parent[parent_id][0]
+        first = row["event_seq"] - len(children) + 1
+        for i, (child_run_id, status) in enumerate(children):
+            events.add(
+                parent_id,
+                first + i,
+                "child_settled",
+                now,
+                child_run_id=child_run_id,
+                child_status=status,
             )
-            if woke is not None:
-                woken.append(parent_id)
-                events.add(
-                    parent_id,
-                    woke["event_seq"],
-                    "resumed",
-                    now,
-                    reason="children settled",
-                    batch=batch,
-                )
+    # One statement per round, one row per parent in each: a parent waiting on several
+    # batches (rare) has its later batches checked in later rounds, in batch order.
+    batches = [(p, sorted(by_parent[p][1])) for p in parent_ids]
+    for round_ in range(max(len(b) for _, b in batches)):
+        checks = [{"id": p, "batch": b[round_]} for p, b in batches if round_ < len(b)]
+        for woke in await tx.fetch_batch(
+            "wake_if_settled", checks, {"now": now, "waiting": WAITING}
+        ):
+            woken.append(woke["id"])
+            events.add(
+                woke["id"],
+                woke["event_seq"],
+                "resumed",
+                now,
+                reason="children settled",
+                batch=woke["batch"],
+            )
     await events.flush(tx)
     if woken:
         tx.notify(CHANNEL_WORK)
@@ -441,12 +488,11 @@ async def _insert_steps(tx: Tx, steps: Sequence[StepRecord], now: float) -> None
     token id is taken."""
     if not steps:
         return
-    rows = await tx.fetch_batch("insert_steps", [_step_params(step, now) for step in steps])
-    if len(rows) == len(steps):
+    inserted = await tx.execute_batch("insert_steps", [_step_params(step, now) for step in steps])
+    if inserted == len(steps):
         return
-    inserted = {(row["run_id"], row["position"]) for row in rows}
     for step in steps:
-        if (step.run_id, step.position) in inserted or step.token_id is None:
+        if step.token_id is None:
             continue
         owner = await tx.fetchone("get_token", {"token_id": step.token_id})
         if owner is not None and owner["run_id"] != step.run_id:

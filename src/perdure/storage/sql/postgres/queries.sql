@@ -308,7 +308,7 @@ ON CONFLICT DO NOTHING
 RETURNING position;
 
 -- name: insert_steps
--- Several records at once (a parent's children); the caller compares the rows returned.
+-- Several records at once (a parent's children); the caller compares the rows inserted.
 INSERT INTO perdure_steps (run_id, position, kind, name, status, output, error, wake_at,
                            token_id, child_run_id, batch, attempt, created_at, completed_at)
 SELECT s.run_id, s.position, s.kind, s.name, s.status, s.output, s.error, s.wake_at,
@@ -318,8 +318,7 @@ FROM json_to_recordset(%(rows)s::json) AS s(
     error text, wake_at double precision, token_id text, child_run_id text, batch integer,
     attempt integer, now double precision, completed_at double precision
 )
-ON CONFLICT DO NOTHING
-RETURNING run_id, position;
+ON CONFLICT DO NOTHING;
 
 -- name: lock_waitpoints
 -- Row locks (in position order) make suspend and a completion serialize: whichever commits
@@ -336,7 +335,7 @@ SET status = %(status)s,
     lease_expires_at = NULL,
     available_at = %(available_at)s,
     updated_at = %(now)s,
-    event_seq = event_seq + 1
+    event_seq = event_seq + %(n_events)s
 WHERE id = %(id)s AND attempt = %(attempt)s AND lease_owner = %(worker_id)s
   AND status = 'running'
 RETURNING event_seq;
@@ -352,30 +351,41 @@ RETURNING run_id, position;
 SELECT * FROM perdure_steps WHERE token_id = %(token_id)s;
 
 -- name: settle_child_waits
--- Also locks the parent run before returning, so the wake_if_settled that follows takes its
--- snapshot only after any sibling settling concurrently has committed: of two siblings
+-- Settles a batch of children (`rows`: child_run_id, output) in one statement. Also locks
+-- their parent runs, in id order, before returning, so the wake_if_settled that follows takes
+-- its snapshot only after any sibling settling concurrently has committed: of two siblings
 -- finishing at once, the second always sees the first one settled and wakes the parent.
 WITH settled AS (
-    UPDATE perdure_steps
-    SET status = 'completed', output = %(output)s, completed_at = %(now)s
-    WHERE child_run_id = %(child_run_id)s AND status = 'pending'
-    RETURNING run_id, batch
+    UPDATE perdure_steps AS s
+    SET status = 'completed', output = c.output, completed_at = %(now)s
+    FROM json_to_recordset(%(rows)s::json) AS c(child_run_id text, output text)
+    WHERE s.child_run_id = c.child_run_id AND s.status = 'pending'
+    RETURNING s.run_id, s.batch, s.child_run_id
 ), parents AS (
     SELECT r.id FROM perdure_runs AS r
     WHERE r.id IN (SELECT run_id FROM settled)
     ORDER BY r.id
     FOR NO KEY UPDATE
 )
-SELECT s.run_id, s.batch FROM settled AS s JOIN parents AS p ON p.id = s.run_id;
+SELECT s.run_id, s.batch, s.child_run_id FROM settled AS s JOIN parents AS p ON p.id = s.run_id;
 
 -- name: wake_if_settled
--- Wake a suspended run once no waitpoint of the batch it waits on is pending.
-UPDATE perdure_runs
-SET available_at = %(now)s, updated_at = %(now)s, event_seq = event_seq + 1
-WHERE id = %(id)s AND status = ANY(%(waiting)s)
-  AND NOT EXISTS (SELECT 1 FROM perdure_steps
-                  WHERE run_id = %(id)s AND batch = %(batch)s AND status = 'pending')
-RETURNING event_seq;
+-- Wake suspended runs (`rows`: id, batch; one row per run) once no waitpoint of the batch
+-- each waits on is pending.
+UPDATE perdure_runs AS r
+SET available_at = %(now)s, updated_at = %(now)s, event_seq = r.event_seq + 1
+FROM json_to_recordset(%(rows)s::json) AS w(id text, batch integer)
+WHERE r.id = w.id AND r.status = ANY(%(waiting)s)
+  AND NOT EXISTS (SELECT 1 FROM perdure_steps AS s
+                  WHERE s.run_id = w.id AND s.batch = w.batch AND s.status = 'pending')
+RETURNING r.id, r.event_seq, w.batch;
+
+-- name: bump_event_seqs
+-- Reserve event numbers on several runs (`rows`: id, n_events; one row per run).
+UPDATE perdure_runs AS r SET event_seq = r.event_seq + b.n_events
+FROM json_to_recordset(%(rows)s::json) AS b(id text, n_events integer)
+WHERE r.id = b.id
+RETURNING r.id, r.event_seq;
 
 -- name: wake_run
 UPDATE perdure_runs

@@ -248,13 +248,12 @@ ON CONFLICT DO NOTHING
 RETURNING position;
 
 -- name: insert_steps
--- Several records at once (a parent's children); the caller compares the rows returned.
+-- Several records at once (a parent's children); the caller compares the rows inserted.
 INSERT INTO perdure_steps (run_id, position, kind, name, status, output, error, wake_at,
                            token_id, child_run_id, batch, attempt, created_at, completed_at)
 VALUES (:run_id, :position, :kind, :name, :status, :output, :error, :wake_at, :token_id,
         :child_run_id, :batch, :attempt, :now, :completed_at)
-ON CONFLICT DO NOTHING
-RETURNING run_id, position;
+ON CONFLICT DO NOTHING;
 
 -- name: lock_waitpoints
 -- PostgreSQL locks these rows (FOR UPDATE) so suspend and complete serialize on them.
@@ -268,7 +267,7 @@ SET status = :status,
     lease_expires_at = NULL,
     available_at = :available_at,
     updated_at = :now,
-    event_seq = event_seq + 1
+    event_seq = event_seq + :n_events
 WHERE id = :id AND attempt = :attempt AND lease_owner = :worker_id AND status = 'running'
 RETURNING event_seq;
 
@@ -282,19 +281,26 @@ RETURNING run_id, position;
 SELECT * FROM perdure_steps WHERE token_id = :token_id;
 
 -- name: settle_child_waits
+-- One row per settled child (a batch: PostgreSQL settles them all in one statement).
 UPDATE perdure_steps
 SET status = 'completed', output = :output, completed_at = :now
 WHERE child_run_id = :child_run_id AND status = 'pending'
-RETURNING run_id, batch;
+RETURNING run_id, batch, child_run_id;
 
 -- name: wake_if_settled
--- Wake a suspended run once no waitpoint of the batch it waits on is pending.
+-- Wake a suspended run once no waitpoint of the batch it waits on is pending (one row of a
+-- batch: PostgreSQL wakes them all in one statement).
 UPDATE perdure_runs
 SET available_at = :now, updated_at = :now, event_seq = event_seq + 1
 WHERE id = :id AND status IN (SELECT value FROM json_each(:waiting))
   AND NOT EXISTS (SELECT 1 FROM perdure_steps
                   WHERE run_id = :id AND batch = :batch AND status = 'pending')
-RETURNING event_seq;
+RETURNING id, event_seq, :batch AS batch;
+
+-- name: bump_event_seqs
+-- Reserve event numbers on several runs (one row of a batch, as in wake_if_settled).
+UPDATE perdure_runs SET event_seq = event_seq + :n_events WHERE id = :id
+RETURNING id, event_seq;
 
 -- name: wake_run
 UPDATE perdure_runs
