@@ -384,32 +384,37 @@ class StepStore:
 
 
 async def settle_child_waits(
-    tx: Tx, settled: Sequence[tuple[str, dict[str, Any]]], now: float
+    tx: Tx, settled: Sequence[tuple[str, str, str]], now: float
 ) -> list[str]:
-    """In the transaction that finishes child runs: record each child's settled result on
-    its parent's waitpoint and wake parents whose whole batch has settled (same commit, so a
-    parent can never miss its wake-up)."""
+    """In the transaction that finishes child runs: record each child's settled result
+    (`settled`: child run id, status, result as JSON text) on its parent's waitpoint and wake
+    parents whose whole batch has settled (same commit, so a parent can never miss its
+    wake-up)."""
     if not settled:
         return []
     # One batch statement for every child of the commit (one round trip on PostgreSQL, which
     # also locks their parents there, in id order: see the query).
-    rows = await tx.fetch_batch(
+    rows = await tx.fetchall(
         "settle_child_waits",
-        [
-            {"child_run_id": child_run_id, "output": dumps(result)}
-            for child_run_id, result in settled
-        ],
-        {"now": now},
+        {
+            "rows": dumps(
+                [
+                    {"child_run_id": child_run_id, "output": result}
+                    for child_run_id, _, result in settled
+                ]
+            ),
+            "now": now,
+        },
     )
     waits = {row["child_run_id"]: row for row in rows}
     # Per parent, not per child: a group commit often settles many children of one parent.
     by_parent: dict[str, tuple[list[tuple[str, str]], set[int]]] = {}
-    for child_run_id, result in settled:
+    for child_run_id, status, _ in settled:
         row = waits.get(child_run_id)
         if row is None:  # not a child wait (a run triggered with a parent id only), or settled
             continue
         children, batches = by_parent.setdefault(row["run_id"], ([], set()))
-        children.append((child_run_id, result["status"]))
+        children.append((child_run_id, status))
         batches.add(row["batch"])
     if not by_parent:
         return []
@@ -420,9 +425,8 @@ async def settle_child_waits(
     # transactions settling a batch's last children, the second sees the first's settlement
     # and wakes the parent.
     parent_ids = sorted(by_parent)
-    bumped = await tx.fetch_batch(
-        "bump_event_seqs", [{"id": p, "n_events": len(by_parent[p][0])} for p in parent_ids]
-    )
+    counts = [{"id": p, "n_events": len(by_parent[p][0])} for p in parent_ids]
+    bumped = await tx.fetchall("bump_event_seqs", {"rows": dumps(counts)})
     for row in bumped:
         parent_id = row["id"]
         children = by_parent[parent_id][0]
@@ -440,10 +444,12 @@ async def settle_child_waits(
     # batches (rare) has its later batches checked in later rounds, in batch order.
     batches = [(p, sorted(by_parent[p][1])) for p in parent_ids]
     for round_ in range(max(len(b) for _, b in batches)):
-        checks = [{"id": p, "batch": b[round_]} for p, b in batches if round_ < len(b)]
-        for woke in await tx.fetch_batch(
-            "wake_if_settled", checks, {"now": now, "waiting": WAITING}
-        ):
+        checks = {p: b[round_] for p, b in batches if round_ < len(b)}
+        rows = [{"id": p, "batch": b} for p, b in checks.items()]
+        woke_rows = await tx.fetchall(
+            "wake_if_settled", {"rows": dumps(rows), "now": now, "waiting": WAITING}
+        )
+        for woke in sorted(woke_rows, key=lambda row: row["id"]):
             woken.append(woke["id"])
             events.add(
                 woke["id"],
@@ -451,7 +457,7 @@ async def settle_child_waits(
                 "resumed",
                 now,
                 reason="children settled",
-                batch=woke["batch"],
+                batch=checks[woke["id"]],
             )
     await events.flush(tx)
     if woken:

@@ -351,7 +351,7 @@ RETURNING run_id, position;
 SELECT * FROM perdure_steps WHERE token_id = %(token_id)s;
 
 -- name: settle_child_waits
--- Settles a batch of children (`rows`: child_run_id, output) in one statement. Also locks
+-- Settles a batch of children (`rows`: a JSON array of {child_run_id, output}). Also locks
 -- their parent runs, in id order, before returning, so the wake_if_settled that follows takes
 -- its snapshot only after any sibling settling concurrently has committed: of two siblings
 -- finishing at once, the second always sees the first one settled and wakes the parent.
@@ -370,18 +370,18 @@ WITH settled AS (
 SELECT s.run_id, s.batch, s.child_run_id FROM settled AS s JOIN parents AS p ON p.id = s.run_id;
 
 -- name: wake_if_settled
--- Wake suspended runs (`rows`: id, batch; one row per run) once no waitpoint of the batch
--- each waits on is pending.
+-- Wake suspended runs (`rows`: a JSON array of {id, batch}, one per run) once no waitpoint of
+-- the batch each waits on is pending.
 UPDATE perdure_runs AS r
 SET available_at = %(now)s, updated_at = %(now)s, event_seq = r.event_seq + 1
 FROM json_to_recordset(%(rows)s::json) AS w(id text, batch integer)
 WHERE r.id = w.id AND r.status = ANY(%(waiting)s)
   AND NOT EXISTS (SELECT 1 FROM perdure_steps AS s
                   WHERE s.run_id = w.id AND s.batch = w.batch AND s.status = 'pending')
-RETURNING r.id, r.event_seq, w.batch;
+RETURNING r.id, r.event_seq;
 
 -- name: bump_event_seqs
--- Reserve event numbers on several runs (`rows`: id, n_events; one row per run).
+-- Reserve event numbers on several runs (`rows`: a JSON array of {id, n_events}, one per run).
 UPDATE perdure_runs AS r SET event_seq = r.event_seq + b.n_events
 FROM json_to_recordset(%(rows)s::json) AS b(id text, n_events integer)
 WHERE r.id = b.id

@@ -281,25 +281,32 @@ RETURNING run_id, position;
 SELECT * FROM perdure_steps WHERE token_id = :token_id;
 
 -- name: settle_child_waits
--- One row per settled child (a batch: PostgreSQL settles them all in one statement).
+-- Settles a batch of children (`rows`: a JSON array of {child_run_id, output}) at once.
 UPDATE perdure_steps
-SET status = 'completed', output = :output, completed_at = :now
-WHERE child_run_id = :child_run_id AND status = 'pending'
+SET status = 'completed', output = json_extract(c.value, '$.output'), completed_at = :now
+FROM json_each(:rows) AS c
+WHERE perdure_steps.child_run_id = json_extract(c.value, '$.child_run_id')
+  AND perdure_steps.status = 'pending'
 RETURNING run_id, batch, child_run_id;
 
 -- name: wake_if_settled
--- Wake a suspended run once no waitpoint of the batch it waits on is pending (one row of a
--- batch: PostgreSQL wakes them all in one statement).
+-- Wake suspended runs (`rows`: a JSON array of {id, batch}, one per run) once no waitpoint of
+-- the batch each waits on is pending. Unary +: the status index would scan every waiting run.
 UPDATE perdure_runs
 SET available_at = :now, updated_at = :now, event_seq = event_seq + 1
-WHERE id = :id AND status IN (SELECT value FROM json_each(:waiting))
-  AND NOT EXISTS (SELECT 1 FROM perdure_steps
-                  WHERE run_id = :id AND batch = :batch AND status = 'pending')
-RETURNING id, event_seq, :batch AS batch;
+FROM json_each(:rows) AS w
+WHERE perdure_runs.id = json_extract(w.value, '$.id')
+  AND +perdure_runs.status IN (SELECT value FROM json_each(:waiting))
+  AND NOT EXISTS (SELECT 1 FROM perdure_steps AS s
+                  WHERE s.run_id = perdure_runs.id AND s.batch = json_extract(w.value, '$.batch')
+                    AND s.status = 'pending')
+RETURNING id, event_seq;
 
 -- name: bump_event_seqs
--- Reserve event numbers on several runs (one row of a batch, as in wake_if_settled).
-UPDATE perdure_runs SET event_seq = event_seq + :n_events WHERE id = :id
+-- Reserve event numbers on several runs (`rows`: a JSON array of {id, n_events}, one per run).
+UPDATE perdure_runs SET event_seq = event_seq + json_extract(b.value, '$.n_events')
+FROM json_each(:rows) AS b
+WHERE perdure_runs.id = json_extract(b.value, '$.id')
 RETURNING id, event_seq;
 
 -- name: wake_run
