@@ -17,7 +17,7 @@ import inspect
 import itertools
 import typing
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -39,9 +39,10 @@ from perdure.core.retry import RetryPolicy, to_seconds
 from perdure.core.serialization import SerializationErrors, codec_for, describe_type
 from perdure.core.statuses import RunStatus
 from perdure.storage import Storage
-from perdure.storage.steps import STEP_COMPLETED, STEP_FAILED, STEP_PENDING, Fence
+from perdure.storage.steps import STEP_COMPLETED, STEP_FAILED, STEP_PENDING, Fence, Spawn
 
 if TYPE_CHECKING:
+    from perdure.core.clock import Clock
     from perdure.engine.context import RunContext
     from perdure.engine.task import Task, TriggerOptions
 
@@ -161,26 +162,27 @@ class Durable:
         steps: Sequence[StepRecord],
         children: Sequence[NewRun] = (),
         child_steps: Sequence[StepRecord] = (),
-        suspend_as: RunStatus | None = None,
     ) -> None:
-        try:
-            ok = await self.storage.record_steps(
-                self.fence,
-                steps,
-                self.now,
-                children=children,
-                child_steps=child_steps,
-                suspend_as=suspend_as,
+        await self._written(
+            self.storage.record_steps(
+                self.fence, steps, self.now, children=children, child_steps=child_steps
             )
-        except DuplicateRunError as exc:  # the same ids would collide on every retry
+        )
+        if self.recorded is not None:
+            for step in steps:
+                self.recorded[step.position] = step
+
+    async def _written(self, write: Awaitable[bool]) -> None:
+        """Await a fenced write: a lost lease stops the attempt; a token id that is taken
+        (the same ids would collide on every retry) fails the run without retry."""
+        try:
+            ok = await write
+        except DuplicateRunError as exc:
             raise NonRetryableError(
                 f"run {self.run.id} of task {self.run.task_id!r}: {exc}"
             ) from exc
         if not ok:
             raise LeaseLost(f"run {self.run.id} attempt {self.run.attempt} lost its lease")
-        if self.recorded is not None:
-            for step in steps:
-                self.recorded[step.position] = step
 
     def _step(self, position: int, kind: str, name: str, status: str, **fields: Any) -> StepRecord:
         return StepRecord(
@@ -361,7 +363,11 @@ class Durable:
             # Buffered progress, logs and metadata go first: once the run is suspended, no
             # write of this attempt passes the fence any more.
             await self.ctx._flush_events(first)  # pyright: ignore[reportPrivateUsage]
-            await self.record(steps, new_runs, child_steps, suspend_as=status)
+            spawn = Spawn(self.fence, steps, new_runs, child_steps, status)
+            storage = self.storage
+            await self._written(
+                _spawn_commits(storage).submit(spawn, storage, self.ctx.engine.clock)
+            )
             raise Suspend(positions, None, status, committed=True)
         if any(r is None or r.status == STEP_PENDING for r in records):
             raise Suspend(positions, None, status)
@@ -378,6 +384,71 @@ class Durable:
             inputs = [value for _, value in group]
             new_runs += engine._new_runs(task, inputs, options, parent=self.run)  # pyright: ignore[reportPrivateUsage]
         return new_runs
+
+
+class SpawnCommits:
+    """Group commit of tree nodes' waits: the `Spawn`s submitted while a commit is under way
+    (or in the same turn of the event loop, as the attempts of one claim start) go in one
+    transaction, fenced each on its own attempt; every submitter still waits for its own
+    result before its body unwinds, as with a write of its own."""
+
+    def __init__(self) -> None:
+        # No reference to the storage it is keyed by (the key would never be collected).
+        self.loop = asyncio.get_running_loop()
+        self._pending: list[tuple[Spawn, asyncio.Future[bool]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def submit(self, spawn: Spawn, storage: Storage, clock: Clock) -> bool:
+        future: asyncio.Future[bool] = self.loop.create_future()
+        self._pending.append((spawn, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = self.loop.create_task(self._flush(storage, clock))
+        return await future
+
+    async def _flush(self, storage: Storage, clock: Clock) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                results = await storage.suspend_with_children(
+                    [spawn for spawn, _ in batch], clock.time()
+                )
+            except Exception as exc:
+                if len(batch) == 1:
+                    _settle(batch[0][1], exc=exc)
+                    continue
+                # One spawn's error (a taken token id) must not fail the others: each alone.
+                for spawn, future in batch:
+                    try:
+                        [applied] = await storage.suspend_with_children([spawn], clock.time())
+                    except Exception as single:
+                        _settle(future, exc=single)
+                    else:
+                        _settle(future, applied)
+                continue
+            for (_, future), applied in zip(batch, results, strict=True):
+                _settle(future, applied)
+
+
+def _settle(
+    future: asyncio.Future[bool], result: bool = False, exc: BaseException | None = None
+) -> None:
+    if future.done():  # its attempt was cancelled meanwhile: nobody waits for the result
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
+_SPAWN_COMMITS: weakref.WeakKeyDictionary[Storage, SpawnCommits] = weakref.WeakKeyDictionary()
+
+
+def _spawn_commits(storage: Storage) -> SpawnCommits:
+    """The group committer of `storage` on the running event loop."""
+    commits = _SPAWN_COMMITS.get(storage)
+    if commits is None or commits.loop is not asyncio.get_running_loop():
+        commits = _SPAWN_COMMITS[storage] = SpawnCommits()
+    return commits
 
 
 def _child_result(record: StepRecord, task: Task[Any, T]) -> RunResult[T]:

@@ -9,6 +9,7 @@ that lands while the run is suspending still wakes it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from perdure.core.errors import DuplicateRunError, ErrorInfo, StorageError
@@ -91,6 +92,22 @@ class Fence:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Spawn:
+    """A tree node's wait, written at once: the child waits (`steps`) of its attempt (`fence`),
+    the children they wait for, the records those start with, and the status it waits in."""
+
+    fence: Fence
+    steps: Sequence[StepRecord]
+    children: Sequence[NewRun]
+    child_steps: Sequence[StepRecord]
+    status: RunStatus
+
+    def __post_init__(self) -> None:
+        if self.status not in WAITING_STATUSES:
+            raise ValueError(f"cannot suspend into status {self.status.value!r}")
+
+
 class StepStore:
     """Mixed into `Storage`: operations on steps, tokens and child waits."""
 
@@ -109,85 +126,70 @@ class StepStore:
         *,
         children: Sequence[NewRun] = (),
         child_steps: Sequence[StepRecord] = (),
-        suspend_as: RunStatus | None = None,
     ) -> bool:
         """Record durable calls (and create child runs, with the records they start with:
-        a sleeping task's token) atomically, fenced on the attempt. With `suspend_as`, the
-        run also releases its slot and waits in that status for `steps`, in the same
-        transaction (a tree node that has just created its children). `False`: the attempt
-        lost its lease; nothing was written. `DuplicateRunError`: a token id is taken by another
+        a sleeping task's token) atomically, fenced on the attempt. `False`: the attempt lost
+        its lease; nothing was written. `DuplicateRunError`: a token id is taken by another
         run (a sleeping task's unique id used twice); nothing was written."""
-        n_events = len(steps) + (suspend_as is not None)
+        n_events = len(steps)
         async with self.db.transaction() as tx:
-            if suspend_as is None:
-                bumped = await tx.fetchone("fence_and_bump", fence.params(now, n_events))
-            else:
-                if suspend_as not in WAITING_STATUSES:
-                    raise ValueError(f"cannot suspend into status {suspend_as.value!r}")
+            bumped = await tx.fetchone("fence_and_bump", fence.params(now, n_events))
+            if bumped is None:
+                return False
+            events = EventLog()
+            _record_events(events, fence.run_id, bumped["event_seq"] - n_events + 1, steps, now)
+            parent_ids = [fence.run_id] * len(children)
+            await _insert_records(tx, events, parent_ids, steps, children, child_steps, now)
+        return True
+
+    async def suspend_with_children(self, spawns: Sequence[Spawn], now: float) -> list[bool]:
+        """Several attempts' `Spawn`s in one transaction (a group commit): each records its
+        child waits, creates its children and suspends its run, fenced on its own attempt.
+        `False` for a spawn whose attempt lost its lease: nothing of it was written. An error
+        (`DuplicateRunError`: a token id is taken) rolls back the whole group."""
+        applied = [False] * len(spawns)
+        steps: list[StepRecord] = []
+        children: list[NewRun] = []
+        child_steps: list[StepRecord] = []
+        run_ids: list[str] = []
+        events = EventLog()
+        # Run-id order, as finish_attempts and extend_leases lock rows (PostgreSQL deadlocks).
+        order = sorted(range(len(spawns)), key=lambda k: spawns[k].fence.run_id)
+        async with self.db.transaction() as tx:
+            for idx in order:
+                spawn = spawns[idx]
+                fence, n_events = spawn.fence, len(spawn.steps) + 1
                 # No wake-up time: the waitpoints are created pending in this transaction, so
                 # none can have settled before it commits; their settlement wakes the run.
-                bumped = await tx.fetchone(
+                row = await tx.fetchone(
                     "suspend_run",
                     {
                         **fence.params(now, n_events),
                         "available_at": None,
-                        "status": suspend_as.value,
+                        "status": spawn.status.value,
                     },
                 )
-            if bumped is None:
-                return False
-            await _insert_steps(tx, steps, now)
-            events = EventLog()
-            first = bumped["event_seq"] - n_events + 1
-            for i, step in enumerate(steps):
-                data: dict[str, Any] = {
-                    "position": step.position,
-                    "kind": step.kind,
-                    "name": step.name,
-                    "status": step.status,
-                }
-                if step.child_run_id:
-                    data["child_run_id"] = step.child_run_id
-                if step.token_id:
-                    data["token_id"] = step.token_id
-                if step.error is not None:
-                    data["error"] = step.error.to_json()
-                events.add(fence.run_id, first + i, f"{step.kind}_recorded", now, **data)
-            if suspend_as is not None:
+                if row is None:
+                    continue
+                applied[idx] = True
+                seq = row["event_seq"]
+                _record_events(events, fence.run_id, seq - n_events + 1, spawn.steps, now)
                 events.add(
                     fence.run_id,
-                    bumped["event_seq"],
+                    seq,
                     "suspended",
                     now,
-                    status=suspend_as.value,
+                    status=spawn.status.value,
                     attempt=fence.attempt,
                     wake_at=None,
-                    waiting_for=[step.position for step in steps],
+                    waiting_for=[step.position for step in spawn.steps],
                 )
-            if children:  # one batch statement (one round trip on PostgreSQL)
-                params = [run_insert_params(child, now) for child in children]
-                inserted = await tx.execute_batch("insert_runs", params)
-                if inserted != len(children):
-                    raise StorageError(
-                        f"{len(children) - inserted} of {len(children)} child runs of run "
-                        f"{fence.run_id} could not be inserted (an id or idempotency key is "
-                        "taken); nothing was stored"
-                    )
-                # Every child's `created` event carries the same data: serialize it once.
-                by_kind: dict[tuple[str, str], str] = {}
-                for child in children:
-                    kind = (child.status.value, child.queue)
-                    data_json = by_kind.get(kind)
-                    if data_json is None:
-                        data_json = by_kind[kind] = dumps(
-                            {"status": kind[0], "queue": kind[1], "parent_id": fence.run_id}
-                        )
-                    events.add_json(child.id, 1, "created", now, data_json)
-            await _insert_steps(tx, child_steps, now)
-            await events.flush(tx)
-            if children:
-                tx.notify(CHANNEL_WORK)
-        return True
+                run_ids += [fence.run_id] * len(spawn.children)
+                steps += spawn.steps
+                children += spawn.children
+                child_steps += spawn.child_steps
+            await _insert_records(tx, events, run_ids, steps, children, child_steps, now)
+        return applied
 
     async def suspend(
         self,
@@ -381,6 +383,64 @@ class StepStore:
             if woken:
                 tx.notify(CHANNEL_WORK)
         return woken
+
+
+def _record_events(
+    events: EventLog, run_id: str, first: int, steps: Sequence[StepRecord], now: float
+) -> None:
+    """The `<kind>_recorded` events of a run's new records, numbered from `first`."""
+    for i, step in enumerate(steps):
+        data: dict[str, Any] = {
+            "position": step.position,
+            "kind": step.kind,
+            "name": step.name,
+            "status": step.status,
+        }
+        if step.child_run_id:
+            data["child_run_id"] = step.child_run_id
+        if step.token_id:
+            data["token_id"] = step.token_id
+        if step.error is not None:
+            data["error"] = step.error.to_json()
+        events.add(run_id, first + i, f"{step.kind}_recorded", now, **data)
+
+
+async def _insert_records(
+    tx: Tx,
+    events: EventLog,
+    parent_ids: Sequence[str],
+    steps: Sequence[StepRecord],
+    children: Sequence[NewRun],
+    child_steps: Sequence[StepRecord],
+    now: float,
+) -> None:
+    """Insert records, child runs (`parent_ids[i]` created `children[i]`), the records the
+    children start with, and `events` plus the children's `created` events: one batch
+    statement each (one round trip each on PostgreSQL)."""
+    await _insert_steps(tx, steps, now)
+    if children:
+        inserted = await tx.execute_batch(
+            "insert_runs", [run_insert_params(child, now) for child in children]
+        )
+        if inserted != len(children):
+            raise StorageError(
+                f"{len(children) - inserted} of {len(children)} child runs of run(s) "
+                f"{', '.join(sorted(set(parent_ids)))} could not be inserted (an id or "
+                "idempotency key is taken); nothing was stored"
+            )
+        # Children of one parent share their `created` event's data: serialize it once.
+        by_kind: dict[tuple[str, str, str], str] = {}
+        for parent_id, child in zip(parent_ids, children, strict=True):
+            kind = (child.status.value, child.queue, parent_id)
+            data_json = by_kind.get(kind)
+            if data_json is None:
+                data = {"status": kind[0], "queue": kind[1], "parent_id": parent_id}
+                data_json = by_kind[kind] = dumps(data)
+            events.add_json(child.id, 1, "created", now, data_json)
+    await _insert_steps(tx, child_steps, now)
+    await events.flush(tx)
+    if children:
+        tx.notify(CHANNEL_WORK)
 
 
 async def settle_child_waits(
