@@ -113,6 +113,9 @@ class Durable:
         self.fence = Fence(run.id, run.attempt, worker_id)
         self.position = 0
         self.recorded: dict[int, StepRecord] | None = None
+        #: A suspension of this attempt is being committed: from its commit on, the run is no
+        #: longer `running`, which a lease check must not take for a lost lease.
+        self.suspending = False
 
     @property
     def storage(self) -> Storage:
@@ -365,6 +368,7 @@ class Durable:
             await self.ctx._flush_events(first)  # pyright: ignore[reportPrivateUsage]
             spawn = Spawn(self.fence, steps, new_runs, child_steps, status)
             storage = self.storage
+            self.suspending = True  # if the write fails, the body fails: no write follows
             await self._written(
                 _spawn_commits(storage).submit(spawn, storage, self.ctx.engine.clock)
             )

@@ -641,6 +641,10 @@ class Worker:
             attempt = self.active.get(run_id)
             if attempt is None or attempt.run.attempt != attempt_no or attempt.finishing:
                 continue
+            if attempt.ctx._durable.suspending:  # pyright: ignore[reportPrivateUsage]
+                # Suspended by its own commit (the run waits now): not lost. Had the lease
+                # been lost first, that commit's fence fails and the body stops by itself.
+                continue
             log.warning(
                 "run %s attempt %d is no longer leased to this worker (cancelled or "
                 "recovered elsewhere); stopping it",
