@@ -140,6 +140,17 @@ async def test_a_group_of_spawns_suspends_each_fenced_parent_with_its_children(
     assert (await get(storage, a.id)).available_at is not None  # its batch settled: woken
 
 
+async def test_a_stale_and_a_current_attempt_of_one_run_in_one_group(storage: Storage) -> None:
+    """Only the current attempt's spawn applies; the stale one's children are not created."""
+    await create(storage, new_run(task_id="parent"))
+    [run] = await claim(storage, "w", task_ids=["parent"])
+    stale, current = spawn_of(run, "w", 1, attempt=run.attempt - 1), spawn_of(run, "w", 2)
+
+    assert await storage.suspend_with_children([stale, current], T0 + 1) == [False, True]
+    kids = (await storage.list_runs(parent_id=run.id)).runs
+    assert sorted(k.id for k in kids) == sorted(c.id for c in current.children)
+
+
 async def test_a_taken_token_id_rolls_back_the_whole_group(storage: Storage) -> None:
     """The engine then commits each spawn of the group alone, so only the one that takes
     the token fails (tests/engine/test_trees_sleeping.py)."""

@@ -155,24 +155,28 @@ class StepStore:
         events = EventLog()
         # Run-id order, as finish_attempts and extend_leases lock rows (PostgreSQL deadlocks).
         order = sorted(range(len(spawns)), key=lambda k: spawns[k].fence.run_id)
+        # No wake-up time: the waitpoints are created pending in this transaction, so none
+        # can have settled before it commits; their settlement wakes the run.
+        rows = [
+            {
+                "id": spawns[idx].fence.run_id,
+                "attempt": spawns[idx].fence.attempt,
+                "worker_id": spawns[idx].fence.worker_id,
+                "status": spawns[idx].status.value,
+                "n_events": len(spawns[idx].steps) + 1,
+            }
+            for idx in order
+        ]
         async with self.db.transaction() as tx:
+            suspended = await tx.fetch_batch("suspend_runs", rows, {"now": now})
+            seqs = {(row["id"], row["attempt"]): row["event_seq"] for row in suspended}
             for idx in order:
                 spawn = spawns[idx]
                 fence, n_events = spawn.fence, len(spawn.steps) + 1
-                # No wake-up time: the waitpoints are created pending in this transaction, so
-                # none can have settled before it commits; their settlement wakes the run.
-                row = await tx.fetchone(
-                    "suspend_run",
-                    {
-                        **fence.params(now, n_events),
-                        "available_at": None,
-                        "status": spawn.status.value,
-                    },
-                )
-                if row is None:
+                seq = seqs.get((fence.run_id, fence.attempt))
+                if seq is None:  # the attempt lost its lease: nothing of it is written
                     continue
                 applied[idx] = True
-                seq = row["event_seq"]
                 _record_events(events, fence.run_id, seq - n_events + 1, spawn.steps, now)
                 events.add(
                     fence.run_id,

@@ -340,6 +340,32 @@ WHERE id = %(id)s AND attempt = %(attempt)s AND lease_owner = %(worker_id)s
   AND status = 'running'
 RETURNING event_seq;
 
+-- name: suspend_runs
+-- Tree nodes of one group commit suspend (`rows`: a JSON array of {id, attempt, worker_id,
+-- status, n_events}), each fenced on its attempt as suspend_run. Rows are locked in id order
+-- first, by primary key, as finish_attempts does.
+WITH spawn AS (
+    SELECT * FROM json_to_recordset(%(rows)s::json) AS w(
+        id text, attempt integer, worker_id text, status text, n_events integer
+    )
+), fenced AS MATERIALIZED (
+    SELECT r.id FROM perdure_runs AS r
+    WHERE r.id = ANY(ARRAY(SELECT id FROM spawn))
+    ORDER BY r.id
+    FOR NO KEY UPDATE OF r
+)
+UPDATE perdure_runs AS r
+SET status = w.status,
+    lease_owner = NULL,
+    lease_expires_at = NULL,
+    available_at = NULL,
+    updated_at = %(now)s,
+    event_seq = r.event_seq + w.n_events
+FROM fenced JOIN spawn AS w ON w.id = fenced.id
+WHERE r.id = fenced.id AND r.attempt = w.attempt AND r.lease_owner = w.worker_id
+  AND r.status = 'running'
+RETURNING r.id, r.attempt, r.event_seq;
+
 -- name: complete_token
 -- A concurrent completion of the same token waits on the row, then finds it settled.
 UPDATE perdure_steps
@@ -355,15 +381,20 @@ SELECT * FROM perdure_steps WHERE token_id = %(token_id)s;
 -- their parent runs, in id order, before returning, so the wake_if_settled that follows takes
 -- its snapshot only after any sibling settling concurrently has committed: of two siblings
 -- finishing at once, the second always sees the first one settled and wakes the parent.
-WITH settled AS (
+-- `= ANY(ARRAY(…))` finds the waitpoints by index whatever the planner guesses of the tables.
+WITH child AS (
+    SELECT * FROM json_to_recordset(%(rows)s::json) AS c(child_run_id text, output text)
+), settled AS (
     UPDATE perdure_steps AS s
     SET status = 'completed', output = c.output, completed_at = %(now)s
-    FROM json_to_recordset(%(rows)s::json) AS c(child_run_id text, output text)
-    WHERE s.child_run_id = c.child_run_id AND s.status = 'pending'
+    FROM child AS c
+    WHERE s.child_run_id = ANY(ARRAY(SELECT child_run_id FROM child))
+      AND s.child_run_id IS NOT NULL AND s.child_run_id = c.child_run_id
+      AND s.status = 'pending'
     RETURNING s.run_id, s.batch, s.child_run_id
 ), parents AS (
     SELECT r.id FROM perdure_runs AS r
-    WHERE r.id IN (SELECT run_id FROM settled)
+    WHERE r.id = ANY(ARRAY(SELECT run_id FROM settled))
     ORDER BY r.id
     FOR NO KEY UPDATE
 )
@@ -372,19 +403,26 @@ SELECT s.run_id, s.batch, s.child_run_id FROM settled AS s JOIN parents AS p ON 
 -- name: wake_if_settled
 -- Wake suspended runs (`rows`: a JSON array of {id, batch}, one per run) once no waitpoint of
 -- the batch each waits on is pending.
+WITH wake AS (
+    SELECT * FROM json_to_recordset(%(rows)s::json) AS w(id text, batch integer)
+)
 UPDATE perdure_runs AS r
 SET available_at = %(now)s, updated_at = %(now)s, event_seq = r.event_seq + 1
-FROM json_to_recordset(%(rows)s::json) AS w(id text, batch integer)
-WHERE r.id = w.id AND r.status = ANY(%(waiting)s)
+FROM wake AS w
+WHERE r.id = ANY(ARRAY(SELECT id FROM wake)) AND r.id = w.id
+  AND r.status = ANY(%(waiting)s)
   AND NOT EXISTS (SELECT 1 FROM perdure_steps AS s
                   WHERE s.run_id = w.id AND s.batch = w.batch AND s.status = 'pending')
 RETURNING r.id, r.event_seq;
 
 -- name: bump_event_seqs
 -- Reserve event numbers on several runs (`rows`: a JSON array of {id, n_events}, one per run).
+WITH bump AS (
+    SELECT * FROM json_to_recordset(%(rows)s::json) AS b(id text, n_events integer)
+)
 UPDATE perdure_runs AS r SET event_seq = r.event_seq + b.n_events
-FROM json_to_recordset(%(rows)s::json) AS b(id text, n_events integer)
-WHERE r.id = b.id
+FROM bump AS b
+WHERE r.id = ANY(ARRAY(SELECT id FROM bump)) AND r.id = b.id
 RETURNING r.id, r.event_seq;
 
 -- name: wake_run

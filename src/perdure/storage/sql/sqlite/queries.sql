@@ -271,6 +271,19 @@ SET status = :status,
 WHERE id = :id AND attempt = :attempt AND lease_owner = :worker_id AND status = 'running'
 RETURNING event_seq;
 
+-- name: suspend_runs
+-- One tree node of a group commit suspends, fenced on its attempt as suspend_run (one row of
+-- a batch: PostgreSQL suspends them all in one statement).
+UPDATE perdure_runs
+SET status = :status,
+    lease_owner = NULL,
+    lease_expires_at = NULL,
+    available_at = NULL,
+    updated_at = :now,
+    event_seq = event_seq + :n_events
+WHERE id = :id AND attempt = :attempt AND lease_owner = :worker_id AND status = 'running'
+RETURNING id, attempt, event_seq;
+
 -- name: complete_token
 UPDATE perdure_steps
 SET status = :status, output = :output, error = :error, completed_at = :now
