@@ -140,6 +140,20 @@ async def test_a_group_of_spawns_suspends_each_fenced_parent_with_its_children(
     assert (await get(storage, a.id)).available_at is not None  # its batch settled: woken
 
 
+async def test_load_steps_of_several_runs_reads_each_history_in_order(storage: Storage) -> None:
+    await create(storage, new_run(task_id="parent"), new_run(task_id="parent"))
+    a, b = await claim(storage, "w", task_ids=["parent"], limit=2)
+    spawn_a, spawn_b = spawn_of(a, "w", 3), spawn_of(b, "w", 1)
+    assert await storage.suspend_with_children([spawn_a, spawn_b], T0 + 1) == [True, True]
+
+    found = await storage.load_steps_of([b.id, a.id, "run_nothing_recorded"])
+
+    assert set(found) == {a.id, b.id}
+    assert found[a.id] == await storage.load_steps(a.id)
+    assert [s.position for s in found[a.id]] == [0, 1, 2]
+    assert [s.child_run_id for s in found[b.id]] == [spawn_b.children[0].id]
+
+
 async def test_a_stale_and_a_current_attempt_of_one_run_in_one_group(storage: Storage) -> None:
     """Only the current attempt's spawn applies; the stale one's children are not created."""
     await create(storage, new_run(task_id="parent"))

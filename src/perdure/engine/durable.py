@@ -38,11 +38,11 @@ from perdure.core.models import NewRun, Run, RunResult, StepRecord
 from perdure.core.retry import RetryPolicy, to_seconds
 from perdure.core.serialization import SerializationErrors, codec_for, describe_type
 from perdure.core.statuses import RunStatus
+from perdure.engine.groups import spawn_commits, step_loads
 from perdure.storage import Storage
 from perdure.storage.steps import STEP_COMPLETED, STEP_FAILED, STEP_PENDING, Fence, Spawn
 
 if TYPE_CHECKING:
-    from perdure.core.clock import Clock
     from perdure.engine.context import RunContext
     from perdure.engine.task import Task, TriggerOptions
 
@@ -135,7 +135,8 @@ class Durable:
 
     async def _load(self) -> dict[int, StepRecord]:
         if self.recorded is None:
-            steps = await self.storage.load_steps(self.run.id)
+            storage = self.storage
+            steps = await step_loads(storage).load(self.run.id, storage)
             # Concurrent calls (asyncio.gather) may load at once: the first result stays,
             # since it already holds what this attempt recorded since.
             if self.recorded is None:
@@ -370,7 +371,7 @@ class Durable:
             storage = self.storage
             self.suspending = True  # if the write fails, the body fails: no write follows
             await self._written(
-                _spawn_commits(storage).submit(spawn, storage, self.ctx.engine.clock)
+                spawn_commits(storage).submit(spawn, storage, self.ctx.engine.clock)
             )
             raise Suspend(positions, None, status, committed=True)
         if any(r is None or r.status == STEP_PENDING for r in records):
@@ -388,71 +389,6 @@ class Durable:
             inputs = [value for _, value in group]
             new_runs += engine._new_runs(task, inputs, options, parent=self.run)  # pyright: ignore[reportPrivateUsage]
         return new_runs
-
-
-class SpawnCommits:
-    """Group commit of tree nodes' waits: the `Spawn`s submitted while a commit is under way
-    (or in the same turn of the event loop, as the attempts of one claim start) go in one
-    transaction, fenced each on its own attempt; every submitter still waits for its own
-    result before its body unwinds, as with a write of its own."""
-
-    def __init__(self) -> None:
-        # No reference to the storage it is keyed by (the key would never be collected).
-        self.loop = asyncio.get_running_loop()
-        self._pending: list[tuple[Spawn, asyncio.Future[bool]]] = []
-        self._flusher: asyncio.Task[None] | None = None
-
-    async def submit(self, spawn: Spawn, storage: Storage, clock: Clock) -> bool:
-        future: asyncio.Future[bool] = self.loop.create_future()
-        self._pending.append((spawn, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = self.loop.create_task(self._flush(storage, clock))
-        return await future
-
-    async def _flush(self, storage: Storage, clock: Clock) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                results = await storage.suspend_with_children(
-                    [spawn for spawn, _ in batch], clock.time()
-                )
-            except Exception as exc:
-                if len(batch) == 1:
-                    _settle(batch[0][1], exc=exc)
-                    continue
-                # One spawn's error (a taken token id) must not fail the others: each alone.
-                for spawn, future in batch:
-                    try:
-                        [applied] = await storage.suspend_with_children([spawn], clock.time())
-                    except Exception as single:
-                        _settle(future, exc=single)
-                    else:
-                        _settle(future, applied)
-                continue
-            for (_, future), applied in zip(batch, results, strict=True):
-                _settle(future, applied)
-
-
-def _settle(
-    future: asyncio.Future[bool], result: bool = False, exc: BaseException | None = None
-) -> None:
-    if future.done():  # its attempt was cancelled meanwhile: nobody waits for the result
-        return
-    if exc is not None:
-        future.set_exception(exc)
-    else:
-        future.set_result(result)
-
-
-_SPAWN_COMMITS: weakref.WeakKeyDictionary[Storage, SpawnCommits] = weakref.WeakKeyDictionary()
-
-
-def _spawn_commits(storage: Storage) -> SpawnCommits:
-    """The group committer of `storage` on the running event loop."""
-    commits = _SPAWN_COMMITS.get(storage)
-    if commits is None or commits.loop is not asyncio.get_running_loop():
-        commits = _SPAWN_COMMITS[storage] = SpawnCommits()
-    return commits
 
 
 def _child_result(record: StepRecord, task: Task[Any, T]) -> RunResult[T]:

@@ -118,6 +118,15 @@ class StepStore:
             rows = await tx.fetchall("load_steps", {"run_id": run_id})
         return [row_to_step(row) for row in rows]
 
+    async def load_steps_of(self, run_ids: Sequence[str]) -> dict[str, list[StepRecord]]:
+        """`load_steps` of several runs in one read: run id -> its records, by position."""
+        async with self.db.reader() as tx:
+            rows = await tx.fetchall("load_steps_of", {"run_ids": list(run_ids)})
+        found: dict[str, list[StepRecord]] = {}
+        for row in rows:
+            found.setdefault(row["run_id"], []).append(row_to_step(row))
+        return found
+
     async def record_steps(
         self,
         fence: Fence,

@@ -239,6 +239,12 @@ RETURNING event_seq;
 -- name: load_steps
 SELECT * FROM perdure_steps WHERE run_id = :run_id ORDER BY position;
 
+-- name: load_steps_of
+-- The records of several runs at once (`run_ids`: the resumed runs of one claim).
+SELECT * FROM perdure_steps
+WHERE run_id IN (SELECT value FROM json_each(:run_ids))
+ORDER BY run_id, position;
+
 -- name: insert_step
 INSERT INTO perdure_steps (run_id, position, kind, name, status, output, error, wake_at,
                            token_id, child_run_id, batch, attempt, created_at, completed_at)
