@@ -151,7 +151,12 @@ class Durable:
         return (self.position if position is None else position) in await self._load()
 
     async def lookup(self, position: int, kind: str, name: str) -> StepRecord | None:
-        record = (await self._load()).get(position)
+        return self._match((await self._load()).get(position), position, kind, name)
+
+    def _match(
+        self, record: StepRecord | None, position: int, kind: str, name: str
+    ) -> StepRecord | None:
+        """`record`, the one at `position`, if it is the durable call the code makes there."""
         if record is not None and (record.kind != kind or record.name != name):
             raise NonDeterminismError(
                 f"run {self.run.id} of task {self.run.task_id!r}: at durable call #{position} "
@@ -343,8 +348,9 @@ class Durable:
             )
         first = self.reserve(n)
         positions = list(range(first, first + n))
+        recorded = await self._load()
         records = [
-            await self.lookup(p, "child", task.id)
+            self._match(recorded.get(p), p, "child", task.id)
             for p, (task, _) in zip(positions, children, strict=True)
         ]
         if all(r is None for r in records):
