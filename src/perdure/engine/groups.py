@@ -12,6 +12,7 @@ import weakref
 from typing import Any, TypeVar
 
 from perdure.core.clock import Clock
+from perdure.core.errors import StorageError
 from perdure.core.models import StepRecord
 from perdure.storage import Storage
 from perdure.storage.steps import Spawn
@@ -46,10 +47,11 @@ class SpawnCommits:
                     [spawn for spawn, _ in batch], clock.time()
                 )
             except Exception as exc:
-                if len(batch) == 1:
-                    _fail(batch[0][1], exc)
+                if len(batch) == 1 or isinstance(exc, StorageError):
+                    for _, future in batch:  # the database failed them all alike
+                        _fail(future, exc)
                     continue
-                # One spawn's error (a taken token id) must not fail the others: each alone.
+                # One spawn's conflict (a taken token id) must not fail the others: each alone.
                 for spawn, future in batch:
                     try:
                         [applied] = await storage.suspend_with_children([spawn], clock.time())
