@@ -9,8 +9,9 @@ For each backend, on a fresh database, with one in-process worker:
    a time.
 
 Each `await ctx.step(...)` is timed in the task body with `time.perf_counter()`: the cost of
-one step is the whole durable call (name check, replay lookup, the fenced transaction that
-records the result and its event). The step function itself does nothing. Scenario 2 also
+one step is the whole durable call (name check, replay lookup, the fenced write that records
+the result and its event: on PostgreSQL one statement, group-committed with the records other
+runs write at the same moment). The step function itself does nothing. Scenario 2 also
 reports steps/s: all steps ÷ the wall time from the first trigger to the last run finished.
 CPU ms/step is this process's CPU time (all threads) per step over the scenario, run
 overhead included: when it is close to 1000 ÷ steps/s, the single event loop is the limit.

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 
 from perdure.core.clock import to_datetime
+from perdure.core.limits import QueueLimits
 from perdure.core.statuses import RunStatus
 from perdure.storage import Storage
 from tests.storage.factories import LEASE, T0, claim, create, create_one, get, new_run
@@ -135,3 +136,23 @@ async def test_concurrent_claimers_take_disjoint_runs(
     assert sorted(claimed + [r.id for r in leftover]) == sorted(r.id for r in runs)
     for run_id in claimed:
         assert (await get(storage, run_id)).attempt == 1
+
+
+async def test_a_queue_paused_or_limited_elsewhere_is_respected_by_the_next_claim(
+    storage: Storage, other_storage: Callable[[], AbstractAsyncContextManager[Storage]]
+) -> None:
+    """A claimer that last saw its queue open sends its claim with the settings lookup; the
+    claim itself must still honour a pause or a limit another process set meanwhile."""
+    for _ in range(4):
+        await create_one(storage)
+    assert len(await claim(storage, limit=1)) == 1  # the queue was open: remembered so
+
+    async with other_storage() as admin:
+        await admin.set_queue_paused("default", True, T0)
+        assert await claim(storage, limit=10, now=T0 + 1) == []
+
+        await admin.set_queue_paused("default", False, T0)
+        await admin.upsert_queues([QueueLimits("default", concurrency=2)], T0)
+        assert len(await claim(storage, limit=10, now=T0 + 2)) == 1  # 1 running + 1 = 2
+        assert await claim(storage, limit=10, now=T0 + 3) == []
+    assert await storage.count_by_status() == {"running": 2, "queued": 2}

@@ -225,6 +225,8 @@ class RunContext:
     async def _flush_events(self, position: int | None = None) -> None:
         """Persist buffered progress/log events and changed metadata (fenced), unless the
         durable call at `position` (default: the next one) shows this code already ran."""
+        if not self._pending_events and self.metadata == self._saved_metadata:
+            return  # the usual case: nothing to write (a replay would write nothing either)
         storage = self._durable.storage
         now = self.engine.clock.time()
         if await self._durable.replaying(position):

@@ -116,6 +116,8 @@ class Worker:
         self._loops: list[asyncio.Task[None]] = []
         self._pending: list[tuple[Outcome, asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        #: Below this many free slots, wait for finishing attempts before claiming again.
+        self._batch_floor = min(options.concurrency, CLAIM_BATCH) // 2
         self._pool_size = min(options.concurrency, 64)
         self._threads = ThreadPoolExecutor(
             max_workers=self._pool_size, thread_name_prefix="perdure-task"
@@ -220,7 +222,9 @@ class Worker:
         task_ids = sorted(self.tasks)
         while not self._stopping:
             free = self.options.concurrency - len(self.active)
-            if free <= 0:
+            if free <= 0 or (free < self._batch_floor and self._finishing_soon()):
+                # Attempts whose outcomes are being committed free their slots together in a
+                # moment: claim once for all of them rather than once per freed slot.
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
@@ -244,6 +248,10 @@ class Worker:
                         await self._wake.wait()
                 except TimeoutError:
                     pass
+
+    def _finishing_soon(self) -> bool:
+        """Whether an attempt's outcome is being committed (its slot frees when it lands)."""
+        return any(a.finishing for a in self.active.values())
 
     def _start_attempt(self, run: Run) -> None:
         task = self.tasks[run.task_id]
@@ -393,9 +401,10 @@ class Worker:
             )
             return self._failure(run, error, retryable=False)
         timeout = run.timeout
-        scope = asyncio.timeout(timeout)
+        # No timeout, no scope: asyncio.timeout(None) still costs a context manager per run.
+        scope = asyncio.timeout(timeout) if timeout is not None else None
         try:
-            async with scope:
+            async with scope or _UNLIMITED:
                 if task.is_async:
                     result = await task.fn(*args)
                 else:
@@ -404,7 +413,7 @@ class Worker:
                     call = functools.partial(contextvars.copy_context().run, task.fn, *args)
                     result = await self._run_in_thread(call)
         except TimeoutError as exc:
-            if not scope.expired():
+            if not _expired(scope):
                 return self._failure(run, exc)
             return self._timed_out(attempt)
         except FinalizeFailedError as exc:
@@ -429,10 +438,10 @@ class Worker:
                 error=ErrorInfo.from_exception(exc, retryable=False),
             )
         except Exception as exc:
-            if scope.expired():  # the body turned the cancellation at its deadline into this
+            if _expired(scope):  # the body turned the cancellation at its deadline into this
                 return self._timed_out(attempt)
             return self._failure(run, exc)
-        if scope.expired():  # the body swallowed the cancellation at its deadline
+        if _expired(scope):  # the body swallowed the cancellation at its deadline
             return self._timed_out(attempt)
         try:
             output_json = task.output_codec.dump_json(result)
@@ -704,6 +713,13 @@ class Worker:
             self._breaker.record_success()
         except Exception as exc:  # the loop must outlive any failure
             self._storage_failed("maintenance", exc)
+
+
+_UNLIMITED = contextlib.nullcontext()
+
+
+def _expired(scope: asyncio.Timeout | None) -> bool:
+    return scope is not None and scope.expired()
 
 
 def _extra(run: Run, worker: str) -> dict[str, Any]:

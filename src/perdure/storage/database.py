@@ -8,6 +8,8 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+from perdure.core.errors import StorageError
+
 Row = dict[str, Any]
 Params = Mapping[str, Any]
 Listener = Callable[[str, str], None]
@@ -16,6 +18,16 @@ Listener = Callable[[str, str], None]
 CHANNEL_WORK = "work"
 CHANNEL_FINISHED = "finished"
 CHANNEL_CANCEL = "cancel"
+
+
+class ConflictError(StorageError):
+    """A statement hit a unique constraint (e.g. a step position already recorded); it
+    changed nothing."""
+
+
+class ConnectionLostError(StorageError):
+    """The connection broke during a statement; whether an autocommit statement took effect
+    is unknown."""
 
 
 class Tx(ABC):
@@ -53,6 +65,19 @@ class Tx(ABC):
     ) -> list[Row]:
         """`execute_batch` for a statement with RETURNING: every row it returned."""
 
+    async def fetch_each(self, statements: Sequence[tuple[str, Params]]) -> list[list[Row]]:
+        """Run several statements in order; every one's rows. PostgreSQL sends them in one
+        round trip (a pipeline); a failure in one skips the rest and raises."""
+        return [await self.fetchall(name, params) for name, params in statements]
+
+    async def defer_batch(
+        self, name: str, rows: Sequence[Params], shared: Params | None = None
+    ) -> None:
+        """`execute_batch` for a write whose result nobody reads. PostgreSQL sends it with the
+        transaction's next statement or its COMMIT (no round trip of its own), so its failure
+        surfaces there and aborts the transaction all the same; SQLite runs it now."""
+        await self.execute_batch(name, rows, shared)
+
     async def fetchone(self, name: str, params: Params) -> Row | None:
         rows = await self.fetchall(name, params)
         return rows[0] if rows else None
@@ -65,6 +90,9 @@ class Tx(ABC):
 class Database(ABC):
     dialect: str
     url: str
+    #: Whether one statement can write several tables (PostgreSQL's data-modifying WITH), so
+    #: `statement()` writes go in one round trip and one commit without BEGIN/COMMIT.
+    writes_in_one_statement: bool = False
 
     def __init__(self) -> None:
         self._listeners: list[Listener] = []
@@ -94,6 +122,11 @@ class Database(ABC):
     @abstractmethod
     def reader(self) -> AbstractAsyncContextManager[Tx]:
         """Reads that need no write lock."""
+
+    @abstractmethod
+    def statement(self) -> AbstractAsyncContextManager[Tx]:
+        """For writes each made atomic by itself: PostgreSQL runs every statement in
+        autocommit (no BEGIN/COMMIT round trips); SQLite wraps the block in BEGIN IMMEDIATE."""
 
     @abstractmethod
     def migration_transaction(self) -> AbstractAsyncContextManager[Tx]:

@@ -4,6 +4,8 @@ Write transactions run at READ COMMITTED on pooled autocommit connections with a
 BEGIN/COMMIT. The queries make that safe: claims lock rows with `FOR UPDATE SKIP LOCKED`, and
 every other write is a conditional UPDATE that PostgreSQL re-checks on the newest row version
 after waiting for a concurrent writer, so two transactions never both move the same run.
+A write that fits in one statement (data-modifying WITH: the records of durable steps) runs
+without BEGIN/COMMIT (`statement()`): autocommit makes it atomic on its own, in one round trip.
 
 Notifications queued on a transaction go out as ONE `pg_notify` just before COMMIT (NOTIFY
 takes a global lock at commit, so one small payload per transaction), and are also dispatched
@@ -38,27 +40,33 @@ from perdure.storage.database import (
     CHANNEL_CANCEL,
     CHANNEL_FINISHED,
     CHANNEL_WORK,
+    ConflictError,
+    ConnectionLostError,
     Database,
     Params,
     Row,
     Tx,
 )
+from perdure.storage.notifications import decode_notifications, encode_notifications
 from perdure.storage.queries import load_queries
 
 log = logging.getLogger("perdure.storage.postgres")
 
 #: The PostgreSQL channel every perdure notification travels on.
 NOTIFY_CHANNEL = "perdure"
-#: PostgreSQL rejects NOTIFY payloads of 8000 bytes or more.
-MAX_NOTIFY_BYTES = 7900
 #: Key of the transaction-scoped advisory lock that serializes migrators ("perdure" in ASCII).
 MIGRATION_LOCK_KEY = 0x70657264757265
-#: Opens every write transaction, in one round trip. Write paths (claims, lease sweeps, fenced
-#: updates) each walk one index in order; without bitmap scans the planner keeps to that plan
-#: even before the runs table was first analyzed, when it guesses a queue holds a handful of
-#: rows and would rather bitmap-scan and sort every queued run (15 ms per claim at 20k runs
-#: instead of 1 ms). Reads keep the default planner.
-BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL enable_bitmapscan = off"
+#: (name for error messages, SQL, parameters) of one statement of a pipeline.
+Statement: TypeAlias = tuple[str, LiteralString, Params | None]
+#: Opens every write transaction (sent with its first statement). Write paths (claims, lease
+#: sweeps, fenced updates) each walk one index in order; without bitmap scans the planner keeps
+#: to that plan even before the runs table was first analyzed, when it guesses a queue holds a
+#: handful of rows and would rather bitmap-scan and sort every queued run (15 ms per claim at
+#: 20k runs instead of 1 ms). Reads keep the default planner.
+_BEGIN: tuple[Statement, ...] = (
+    ("begin", "BEGIN ISOLATION LEVEL READ COMMITTED", None),
+    ("begin", "SET LOCAL enable_bitmapscan = off", None),
+)
 #: Backoff of the LISTEN connection's reconnect attempts, in seconds.
 RECONNECT_MIN_DELAY = 0.1
 RECONNECT_MAX_DELAY = 10.0
@@ -92,10 +100,22 @@ def _batch_params(rows: Sequence[Params], shared: Params | None) -> dict[str, An
 
 
 class PostgresTx(Tx):
-    def __init__(self, conn: Connection, queries: dict[str, LiteralString]) -> None:
+    """One transaction (or, with nothing to open, a run of autocommit statements) on a pooled
+    connection taken at its first statement.
+
+    Round trips are the cost that matters here, so statements travel in pipelines: BEGIN goes
+    with the transaction's first statement, and writes whose results nobody reads (`defer`,
+    e.g. event rows) wait for the next statement or for COMMIT and travel with it. A claim or
+    an outcome batch thus costs two round trips instead of five."""
+
+    def __init__(self, db: PostgresDatabase, opening: Sequence[Statement]) -> None:
         super().__init__()
-        self.conn = conn
-        self._queries = queries
+        self._db = db
+        self._queries = db.queries
+        self._conn: Connection | None = None
+        self._opening: list[Statement] = list(opening)  # sent with the first batch
+        self._deferred: list[Statement] = []
+        self._open = False  # a transaction was begun on the server
 
     def _sql(self, name: str) -> LiteralString:
         try:
@@ -103,45 +123,80 @@ class PostgresTx(Tx):
         except KeyError:
             raise StorageError(f"no PostgreSQL query named {name!r}") from None
 
+    async def connection(self) -> Connection:
+        """The connection, with everything queued so far sent (for raw SQL)."""
+        await self._send([])
+        assert self._conn is not None
+        return self._conn
+
+    async def _send(
+        self, tail: Sequence[Statement], *, replayable: bool = True
+    ) -> list[psycopg.AsyncCursor[DictRow]]:
+        """Send what is queued, then `tail`, in one round trip; returns `tail`'s cursors.
+
+        A connection found broken in the batch that opens the transaction ran nothing that
+        survives (the server rolled back with the session), so the batch is replayed on
+        another pooled connection: what PostgreSQL restarts leave behind in the pool. Never
+        a batch holding COMMIT: its reply may be what was lost."""
+        batch = [*self._opening, *self._deferred, *tail]
+        first = replayable and (self._conn is None or bool(self._opening))
+        for _ in range(self._db.max_size + 1):
+            if self._conn is None:
+                self._conn = await self._db.acquire()
+            conn = self._conn
+            cursors: list[psycopg.AsyncCursor[DictRow]] = []
+            try:
+                if len(batch) == 1:
+                    _, query, params = batch[0]
+                    cursors.append(await conn.execute(query, params))
+                elif batch:
+                    async with conn.pipeline():
+                        for _, query, params in batch:
+                            cursors.append(await conn.execute(query, params))
+            except psycopg.Error as exc:
+                if first and conn.broken:
+                    # Expected after a restart; the worker's circuit breaker reports outages.
+                    log.debug("discarding a broken PostgreSQL connection: %s", exc)
+                    await self.release()
+                    continue
+                names = ", ".join(dict.fromkeys(repr(name) for name, _, _ in batch[-8:]))
+                raise _error(f"PostgreSQL query {names} failed: {exc}", exc, conn) from exc
+            break
+        else:
+            raise StorageError(
+                f"PostgreSQL connections failed {self._db.max_size + 1} times in a row; "
+                f"is the server at {redact_url(self._db.url)} up?"
+            )
+        self._open = self._open or bool(self._opening)
+        self._opening.clear()
+        self._deferred.clear()
+        return cursors[len(cursors) - len(tail) :] if tail else []
+
+    async def _one(self, name: str, params: Params) -> psycopg.AsyncCursor[DictRow]:
+        (cur,) = await self._send([(name, self._sql(name), _adapt(params))])
+        return cur
+
     async def fetchall(self, name: str, params: Params) -> list[Row]:
-        query = self._sql(name)
+        cur = await self._one(name, params)
         try:
-            cur = await self.conn.execute(query, _adapt(params))
-            if cur.description is None:
-                return []
-            return await cur.fetchall()
+            return [] if cur.description is None else await cur.fetchall()
         except psycopg.Error as exc:
-            raise StorageError(f"PostgreSQL query {name!r} failed: {exc}") from exc
+            raise _error(f"PostgreSQL query {name!r} failed: {exc}", exc, self._conn) from exc
 
     async def execute(self, name: str, params: Params) -> int:
-        query = self._sql(name)
-        try:
-            cur = await self.conn.execute(query, _adapt(params))
-        except psycopg.Error as exc:
-            raise StorageError(f"PostgreSQL query {name!r} failed: {exc}") from exc
-        return cur.rowcount
+        return (await self._one(name, params)).rowcount
 
     async def executemany(self, name: str, params: Sequence[Params]) -> None:
-        if not params:
-            return
-        query = self._sql(name)
-        try:
-            # psycopg pipelines executemany: one round trip for the whole batch.
-            async with self.conn.cursor() as cur:
-                await cur.executemany(query, [_adapt(p) for p in params])
-        except psycopg.Error as exc:
-            raise StorageError(f"PostgreSQL query {name!r} failed: {exc}") from exc
+        if params:
+            query = self._sql(name)
+            await self._send([(name, query, _adapt(p)) for p in params])
 
     async def execute_batch(
         self, name: str, rows: Sequence[Params], shared: Params | None = None
     ) -> int:
         if not rows:
             return 0
-        query = self._sql(name)
-        try:
-            cur = await self.conn.execute(query, _batch_params(rows, shared))
-        except psycopg.Error as exc:
-            raise StorageError(f"PostgreSQL query {name!r} failed: {exc}") from exc
+        (cur,) = await self._send([(name, self._sql(name), _batch_params(rows, shared))])
         return cur.rowcount
 
     async def fetch_batch(
@@ -149,12 +204,67 @@ class PostgresTx(Tx):
     ) -> list[Row]:
         if not rows:
             return []
-        query = self._sql(name)
+        (cur,) = await self._send([(name, self._sql(name), _batch_params(rows, shared))])
         try:
-            cur = await self.conn.execute(query, _batch_params(rows, shared))
             return await cur.fetchall()
         except psycopg.Error as exc:
-            raise StorageError(f"PostgreSQL query {name!r} failed: {exc}") from exc
+            raise _error(f"PostgreSQL query {name!r} failed: {exc}", exc, self._conn) from exc
+
+    async def fetch_each(self, statements: Sequence[tuple[str, Params]]) -> list[list[Row]]:
+        cursors = await self._send([(n, self._sql(n), _adapt(p)) for n, p in statements])
+        try:
+            return [[] if c.description is None else await c.fetchall() for c in cursors]
+        except psycopg.Error as exc:
+            raise StorageError(f"PostgreSQL queries failed: {exc}") from exc
+
+    async def defer_batch(
+        self, name: str, rows: Sequence[Params], shared: Params | None = None
+    ) -> None:
+        if rows:
+            self._deferred.append((name, self._sql(name), _batch_params(rows, shared)))
+
+    # --- ending ------------------------------------------------------------------------------
+
+    async def commit(self) -> None:
+        """COMMIT with whatever is still queued and the transaction's one NOTIFY."""
+        tail: list[Statement] = []
+        if self.notifications:
+            # One NOTIFY per transaction: NOTIFY serializes commits on a global lock.
+            payload = encode_notifications(self._db.origin, self.notifications)
+            tail.append(
+                ("notify", "SELECT pg_notify(%(c)s, %(p)s)", {"c": self._db.channel, "p": payload})
+            )
+        if not self._open and not self._opening and not self._deferred:
+            if tail:  # nothing was written: the notification alone, in autocommit
+                await self._send(tail)
+            return
+        conn = self._conn
+        if conn is not None and conn.info.transaction_status == TransactionStatus.INERROR:
+            # PostgreSQL would turn this COMMIT into a silent ROLLBACK.
+            await self.rollback()
+            raise StorageError(
+                "PostgreSQL transaction was aborted by an earlier failed statement and "
+                "has been rolled back; nothing was written"
+            )
+        if self._open or self._opening:
+            tail.append(("commit", "COMMIT", None))
+        try:
+            await self._send(tail, replayable=False)
+        except StorageError as exc:
+            await self.rollback()
+            raise StorageError(f"PostgreSQL COMMIT failed: {exc}") from exc.__cause__
+
+    async def rollback(self) -> None:
+        self._opening.clear()
+        self._deferred.clear()
+        if self._conn is not None and self._open:
+            await _rollback_quietly(self._conn)
+        self._open = False
+
+    async def release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._db.release(conn)
 
 
 class PostgresDatabase(Database):
@@ -162,6 +272,7 @@ class PostgresDatabase(Database):
     libpq environment variables such as PGHOST and PGPASSWORD apply as usual)."""
 
     dialect = "postgres"
+    writes_in_one_statement = True
 
     def __init__(
         self,
@@ -181,7 +292,7 @@ class PostgresDatabase(Database):
         #: Marks this instance's notifications so its own LISTEN connection skips them.
         self.origin = uuid.uuid4().hex
         # The SQL comes from the package's own .sql files, never from user input.
-        self._queries = cast(dict[str, LiteralString], load_queries(self.dialect))
+        self.queries = cast(dict[str, LiteralString], load_queries(self.dialect))
         self._pool: AsyncConnectionPool[Connection] | None = None
         self._listen_conn: ListenConnection | None = None
         self._listen_task: asyncio.Task[None] | None = None
@@ -239,125 +350,70 @@ class PostgresDatabase(Database):
 
     # --- transactions ------------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def _checkout(self) -> AsyncGenerator[Connection]:
+    async def acquire(self) -> Connection:
         pool = self._require_pool()
         try:
-            conn = await pool.getconn(UNREACHABLE_WAIT if self._unreachable else None)
+            return await pool.getconn(UNREACHABLE_WAIT if self._unreachable else None)
         except psycopg.Error as exc:
             raise StorageError(
                 f"no PostgreSQL connection available from the pool (max_size={self.max_size}): "
                 f"{exc}"
             ) from exc
+
+    async def release(self, conn: Connection) -> None:
+        pool = self._require_pool()
+        back = self._unreachable and not conn.broken
+        self._unreachable = conn.broken
+        # The pool discards a connection left broken or mid-query and rolls back any
+        # transaction still open, so a failed block never leaks state to the next user.
+        await pool.putconn(conn)
+        if back:
+            # The server is back: weed out the idle connections its outage broke now,
+            # instead of failing the next callers that would pick them.
+            with contextlib.suppress(psycopg.Error):
+                await pool.check()
+
+    @asynccontextmanager
+    async def _transaction(self, opening: Sequence[Statement]) -> AsyncGenerator[Tx]:
+        tx = PostgresTx(self, opening)
         try:
-            yield conn
+            try:
+                yield tx
+            except BaseException:
+                await tx.rollback()
+                raise
+            await tx.commit()
         finally:
-            back = self._unreachable and not conn.broken
-            self._unreachable = conn.broken
-            # The pool discards a connection left broken or mid-query and rolls back any
-            # transaction still open, so a failed block never leaks state to the next user.
-            await pool.putconn(conn)
-            if back:
-                # The server is back: weed out the idle connections its outage broke now,
-                # instead of failing the next callers that would pick them.
-                with contextlib.suppress(psycopg.Error):
-                    await pool.check()
-
-    async def _begin(self, conn: Connection, lock_key: int | None) -> bool:
-        """Open a transaction on `conn`; False when the connection turned out broken."""
-        try:
-            await conn.execute(BEGIN)
-            if lock_key is not None:
-                # Held until COMMIT: migrators run one at a time, whatever the process.
-                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key,))
-        except psycopg.Error as exc:
-            await _rollback_quietly(conn)
-            if conn.broken:
-                # Expected after a restart; the worker's circuit breaker reports outages.
-                log.debug("discarding a broken PostgreSQL connection: %s", exc)
-                return False
-            raise StorageError(f"PostgreSQL BEGIN failed: {exc}") from exc
-        return True
-
-    @asynccontextmanager
-    async def _transaction(self, lock_key: int | None = None) -> AsyncGenerator[Tx]:
-        # A pooled connection found broken at BEGIN (e.g. after a PostgreSQL restart) goes
-        # back to the pool, which discards it, and the next one is tried: nothing ran on it.
-        for _ in range(self.max_size + 1):
-            async with self._checkout() as conn:
-                if not await self._begin(conn, lock_key):
-                    continue
-                tx = PostgresTx(conn, self._queries)
-                try:
-                    yield tx
-                except BaseException:
-                    await _rollback_quietly(conn)
-                    raise
-                await self._commit(conn, tx)
-            break
-        else:
-            raise StorageError(
-                f"PostgreSQL BEGIN failed on {self.max_size + 1} connections in a row; "
-                f"is the server at {redact_url(self.url)} up?"
-            )
-        self._dispatch(tx.notifications)
-
-    async def _commit(self, conn: Connection, tx: PostgresTx) -> None:
-        if conn.info.transaction_status == TransactionStatus.INERROR:
-            # PostgreSQL would turn this COMMIT into a silent ROLLBACK.
-            await _rollback_quietly(conn)
-            raise StorageError(
-                "PostgreSQL transaction was aborted by an earlier failed statement and "
-                "has been rolled back; nothing was written"
-            )
-        try:
-            if tx.notifications:
-                # One NOTIFY per transaction: NOTIFY serializes commits on a global lock. It
-                # travels with the COMMIT as one simple query: one round trip for both (a
-                # failed NOTIFY aborts the transaction and skips the COMMIT).
-                payload = encode_notifications(self.origin, tx.notifications)
-                await conn.execute(
-                    sql.SQL("SELECT pg_notify({}, {}); COMMIT").format(
-                        sql.Literal(self.channel), sql.Literal(payload)
-                    )
-                )
-            else:
-                await conn.commit()
-        except psycopg.Error as exc:
-            await _rollback_quietly(conn)
-            raise StorageError(f"PostgreSQL COMMIT failed: {exc}") from exc
-
-    @asynccontextmanager
-    async def _autocommit(self) -> AsyncGenerator[Tx]:
-        # At READ COMMITTED each statement sees its own snapshot even inside a transaction, so
-        # BEGIN/COMMIT around reads would add two round trips and no consistency.
-        async with self._checkout() as conn:
-            tx = PostgresTx(conn, self._queries)
-            yield tx
-            if tx.notifications:
-                payload = encode_notifications(self.origin, tx.notifications)
-                try:
-                    await conn.execute("SELECT pg_notify(%s, %s)", (self.channel, payload))
-                except psycopg.Error as exc:
-                    raise StorageError(f"PostgreSQL NOTIFY failed: {exc}") from exc
+            await tx.release()
         self._dispatch(tx.notifications)
 
     def transaction(self) -> AbstractAsyncContextManager[Tx]:
-        return self._transaction()
+        return self._transaction(_BEGIN)
 
     def reader(self) -> AbstractAsyncContextManager[Tx]:
-        return self._autocommit()
+        # At READ COMMITTED each statement sees its own snapshot even inside a transaction, so
+        # BEGIN/COMMIT around reads would add two round trips and no consistency.
+        return self._transaction(())
+
+    def statement(self) -> AbstractAsyncContextManager[Tx]:
+        # Autocommit: each write statement commits on its own, all of it or nothing. A first
+        # statement found on a broken pooled connection is replayed on another (`_send`);
+        # callers of write statements must recognise their own write (steps.py does).
+        return self._transaction(())
 
     def migration_transaction(self) -> AbstractAsyncContextManager[Tx]:
-        return self._transaction(lock_key=MIGRATION_LOCK_KEY)
+        # The advisory lock is held until COMMIT: migrators run one at a time, in any process.
+        lock: Statement = ("lock", "SELECT pg_advisory_xact_lock(%(k)s)", {"k": MIGRATION_LOCK_KEY})
+        return self._transaction((*_BEGIN, lock))
 
     async def run_script(self, tx: Tx, sql: str) -> None:
         if not isinstance(tx, PostgresTx):
             raise StorageError("run_script needs a transaction of this PostgreSQL database")
+        conn = await tx.connection()
         try:
             # Without parameters psycopg uses the simple protocol, which runs every statement
             # of the string; the file ships with the package, so the cast is safe.
-            await tx.conn.execute(cast(LiteralString, sql))
+            await conn.execute(cast(LiteralString, sql))
         except psycopg.Error as exc:
             raise StorageError(f"PostgreSQL migration script failed: {exc}") from exc
 
@@ -433,6 +489,16 @@ class PostgresDatabase(Database):
             log.exception("a notification listener failed")
 
 
+def _error(message: str, exc: psycopg.Error, conn: Connection | None) -> StorageError:
+    """The StorageError for a failed statement: a unique violation (nothing was written) and
+    a lost connection (an autocommit write may have committed) have their own types."""
+    if isinstance(exc, psycopg.errors.UniqueViolation):
+        return ConflictError(message)
+    if conn is not None and conn.broken:
+        return ConnectionLostError(message)
+    return StorageError(message)
+
+
 async def _configure(conn: Connection) -> None:
     # Explicit, so a server-wide default_transaction_isolation cannot change the semantics.
     await conn.set_isolation_level(IsolationLevel.READ_COMMITTED)
@@ -447,43 +513,6 @@ async def _rollback_quietly(conn: Connection) -> None:
         log.debug("ROLLBACK failed; the pool will discard the connection", exc_info=True)
 
 
-def encode_notifications(origin: str, notifications: Sequence[tuple[str, str]]) -> str:
-    """One compact JSON payload for a transaction's notifications, under PostgreSQL's limit.
-
-    Too large a batch collapses to its distinct channels with empty payloads ("look again")."""
-    payload = _dumps({"o": origin, "n": [list(pair) for pair in notifications]})
-    if len(payload.encode()) < MAX_NOTIFY_BYTES:
-        return payload
-    channels = list(dict.fromkeys(channel for channel, _ in notifications))
-    while True:
-        payload = _dumps({"o": origin, "n": [[channel, ""] for channel in channels]})
-        if len(payload.encode()) < MAX_NOTIFY_BYTES or not channels:
-            return payload
-        channels.pop()
-
-
-def decode_notifications(payload: str, own_origin: str) -> list[tuple[str, str]]:
-    """Notifications in a payload sent by another instance; [] for our own or a foreign one."""
-    try:
-        data: Any = json.loads(payload)
-    except ValueError:
-        log.debug("ignoring a malformed notification payload: %.100r", payload)
-        return []
-    if not isinstance(data, dict):
-        return []
-    message = cast(dict[str, Any], data)
-    pairs: Any = message.get("n")
-    if message.get("o") == own_origin or not isinstance(pairs, list):
-        return []
-    notifications: list[tuple[str, str]] = []
-    for pair in cast(list[Any], pairs):
-        if isinstance(pair, list) and len(cast(list[Any], pair)) == 2:
-            channel, body = cast(list[Any], pair)
-            if isinstance(channel, str) and isinstance(body, str):
-                notifications.append((channel, body))
-    return notifications
-
-
 def redact_url(url: str) -> str:
     """The URL without its password, for error messages and logs."""
     parts = urlsplit(url)
@@ -491,7 +520,3 @@ def redact_url(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))

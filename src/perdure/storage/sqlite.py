@@ -3,10 +3,14 @@
 Statements are short and never wait on user code, so running them inline beats a thread hop.
 WAL lets readers in other processes proceed during writes; `BEGIN IMMEDIATE` takes the write
 lock up front, so a transaction's reads and its conditional UPDATEs see one consistent state.
+
+Notifications go to this instance's listeners after commit and, for a file database, to the
+other instances on the same file through `perdure.storage.wake` (Unix datagram sockets).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import threading
@@ -18,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from perdure.core.errors import StorageError
-from perdure.storage.database import Database, Params, Row, Tx
+from perdure.storage.database import Database, Listener, Params, Row, Tx
 from perdure.storage.queries import load_queries
+from perdure.storage.wake import Notifications, SocketWake
 
 BUSY_TIMEOUT_MS = 10_000
 DEFAULT_PATH = ".perdure/perdure.db"
@@ -113,6 +118,9 @@ class SQLiteDatabase(Database):
         self._conn: sqlite3.Connection | None = None
         self._queries = load_queries("sqlite")
         self._lock = threading.RLock()  # the connection is also reached from worker threads
+        #: Marks this instance's wake-ups, as `PostgresDatabase.origin` does its NOTIFYs.
+        self.origin = uuid.uuid4().hex
+        self._wake: SocketWake | None = None
 
     @property
     def path(self) -> str:
@@ -143,11 +151,46 @@ class SQLiteDatabase(Database):
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open SQLite database {self._path!r}: {exc}") from exc
         self._conn = conn
+        if not self._memory:
+            self._wake = SocketWake(self._path, self.origin, self._dispatch)
+            self._listen()
 
     async def close(self) -> None:
+        wake, self._wake = self._wake, None
+        if wake is not None:
+            wake.close()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+    def add_listener(self, listener: Listener) -> None:
+        super().add_listener(listener)
+        self._listen()
+
+    def _listen(self) -> None:
+        """Receive other instances' wake-ups once someone listens (a heartbeat's or a CLI
+        command's storage has no listeners and binds no socket)."""
+        if self._wake is None or not self._listeners:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # added outside a loop: open() binds when it runs
+            return
+        self._wake.listen(loop)
+
+    @property
+    def wake(self) -> SocketWake | None:
+        """The cross-process wake-up channel (None for `memory://` or when closed)."""
+        return self._wake
+
+    def _send_and_dispatch(self, notifications: Notifications) -> None:
+        if not notifications:
+            return
+        # Other processes first: the datagram costs microseconds and their worker may be idle.
+        # After COMMIT, so a receiver's next read sees what the notification announces.
+        if self._wake is not None:
+            self._wake.send(notifications)
+        self._dispatch(notifications)
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -178,13 +221,16 @@ class SQLiteDatabase(Database):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise StorageError(f"SQLite COMMIT failed: {exc}") from exc
-        self._dispatch(tx.notifications)
+        self._send_and_dispatch(tx.notifications)
 
     def transaction(self) -> Any:
         return self._tx("BEGIN IMMEDIATE")
 
     def reader(self) -> Any:
         return self._tx("BEGIN DEFERRED")
+
+    def statement(self) -> Any:
+        return self._tx("BEGIN IMMEDIATE")
 
     def migration_transaction(self) -> Any:
         return self._tx("BEGIN EXCLUSIVE")

@@ -1,7 +1,8 @@
 """Steps and waitpoints of durable functions (the `perdure_steps` aggregate).
 
-Each durable call of a body takes the next position of its run. Writes are fenced through
-`fence_and_bump` on the run row (run id, attempt, lease owner, running), which also reserves
+Each durable call of a body takes the next position of its run. Writes are fenced on the run
+row (run id, attempt, lease owner, running) — `fence_and_bump`, or `record_steps` for the
+records of steps, sleeps and tokens (group-committed, `records.py`) — which also reserves
 event numbers; waits serialize with their completions on the waitpoint rows, so a completion
 that lands while the run is suspending still wakes it.
 """
@@ -19,10 +20,12 @@ from perdure.storage.database import (
     CHANNEL_CANCEL,
     CHANNEL_FINISHED,
     CHANNEL_WORK,
+    ConflictError,
     Database,
     Row,
     Tx,
 )
+from perdure.storage.records import GroupCommit, Records
 from perdure.storage.rows import dumps, loads_json
 from perdure.storage.writes import EventLog, run_insert_params
 
@@ -50,6 +53,23 @@ def row_to_step(row: Row) -> StepRecord:
         batch=row["batch"],
         attempt=row["attempt"],
     )
+
+
+def step_event_data(step: StepRecord) -> dict[str, Any]:
+    """The data of the `<kind>_recorded` event written with a record."""
+    data: dict[str, Any] = {
+        "position": step.position,
+        "kind": step.kind,
+        "name": step.name,
+        "status": step.status,
+    }
+    if step.child_run_id:
+        data["child_run_id"] = step.child_run_id
+    if step.token_id:
+        data["token_id"] = step.token_id
+    if step.error is not None:
+        data["error"] = step.error.to_json()
+    return data
 
 
 def _step_params(step: StepRecord, now: float) -> dict[str, Any]:
@@ -112,6 +132,7 @@ class StepStore:
     """Mixed into `Storage`: operations on steps, tokens and child waits."""
 
     db: Database
+    _records_writer: GroupCommit | None = None
 
     async def load_steps(self, run_id: str) -> list[StepRecord]:
         async with self.db.reader() as tx:
@@ -140,6 +161,43 @@ class StepStore:
         a sleeping task's token) atomically, fenced on the attempt. `False`: the attempt lost
         its lease; nothing was written. `DuplicateRunError`: a token id is taken by another
         run (a sleeping task's unique id used twice); nothing was written."""
+        if not children and not child_steps:
+            try:
+                return await self._group_commit().record(_records(fence, steps, now))
+            except ConflictError:
+                pass  # a position or token id is taken: the transaction below says which
+            try:
+                return await self._record_in_transaction(fence, steps, now)
+            except _PositionTakenError:
+                # A statement whose connection broke may have committed before it was retried.
+                if await self._recorded_by(fence, steps):
+                    return True
+                raise
+        return await self._record_in_transaction(
+            fence, steps, now, children=children, child_steps=child_steps
+        )
+
+    def _group_commit(self) -> GroupCommit:
+        if self._records_writer is None:
+            self._records_writer = GroupCommit(self.db)
+        return self._records_writer
+
+    async def _recorded_by(self, fence: Fence, steps: Sequence[StepRecord]) -> bool:
+        """Whether exactly these records are stored, written by this very attempt."""
+        stored = {s.position: s for s in await self.load_steps(fence.run_id)}
+        return all(
+            step.attempt == fence.attempt and stored.get(step.position) == step for step in steps
+        )
+
+    async def _record_in_transaction(
+        self,
+        fence: Fence,
+        steps: Sequence[StepRecord],
+        now: float,
+        *,
+        children: Sequence[NewRun] = (),
+        child_steps: Sequence[StepRecord] = (),
+    ) -> bool:
         n_events = len(steps)
         async with self.db.transaction() as tx:
             bumped = await tx.fetchone("fence_and_bump", fence.params(now, n_events))
@@ -307,19 +365,17 @@ class StepStore:
     async def append_events(
         self, fence: Fence, events_data: Sequence[tuple[str, dict[str, Any]]], now: float
     ) -> bool:
-        """Progress and log lines of a running attempt, as events (fenced)."""
+        """Progress and log lines of a running attempt, as events (fenced; written like step
+        records, so on PostgreSQL in one statement, group-committed)."""
         if not events_data:
             return True
-        async with self.db.transaction() as tx:
-            row = await tx.fetchone("fence_and_bump", fence.params(now, len(events_data)))
-            if row is None:
-                return False
-            events = EventLog()
-            first = row["event_seq"] - len(events_data) + 1
-            for i, (type_, data) in enumerate(events_data):
-                events.add(fence.run_id, first + i, type_, now, **data)
-            await events.flush(tx)
-        return True
+        events = [
+            {"run_id": fence.run_id, "n": i, "type": type_, "at": now, "data": dumps(data)}
+            for i, (type_, data) in enumerate(events_data, start=1)
+        ]
+        return await self._group_commit().record(
+            Records(fence=_fence_row(fence, len(events), now), steps=[], events=events)
+        )
 
     async def fork_run(self, new_run: NewRun, source_run_id: str, upto: int, now: float) -> None:
         """Create `new_run` with the source's step records before position `upto` (one
@@ -403,19 +459,7 @@ def _record_events(
 ) -> None:
     """The `<kind>_recorded` events of a run's new records, numbered from `first`."""
     for i, step in enumerate(steps):
-        data: dict[str, Any] = {
-            "position": step.position,
-            "kind": step.kind,
-            "name": step.name,
-            "status": step.status,
-        }
-        if step.child_run_id:
-            data["child_run_id"] = step.child_run_id
-        if step.token_id:
-            data["token_id"] = step.token_id
-        if step.error is not None:
-            data["error"] = step.error.to_json()
-        events.add(run_id, first + i, f"{step.kind}_recorded", now, **data)
+        events.add(run_id, first + i, f"{step.kind}_recorded", now, **step_event_data(step))
 
 
 async def _insert_records(
@@ -567,7 +611,8 @@ async def _insert_steps(tx: Tx, steps: Sequence[StepRecord], now: float) -> None
     token id is taken."""
     if not steps:
         return
-    inserted = await tx.execute_batch("insert_steps", [_step_params(step, now) for step in steps])
+    params = [_step_params(step, now) for step in steps]
+    inserted = await tx.execute_batch("insert_steps_counted", params)
     if inserted == len(steps):
         return
     for step in steps:
@@ -580,6 +625,34 @@ async def _insert_steps(tx: Tx, steps: Sequence[StepRecord], now: float) -> None
                 f"run {step.run_id} cannot take it (nothing was stored)"
             )
     raise _PositionTaken
+
+
+def _fence_row(fence: Fence, n_events: int, now: float) -> dict[str, Any]:
+    return {
+        "id": fence.run_id,
+        "attempt": fence.attempt,
+        "worker_id": fence.worker_id,
+        "n_events": n_events,
+        "now": now,
+    }
+
+
+def _records(fence: Fence, steps: Sequence[StepRecord], now: float) -> Records:
+    """The rows one fenced write of records inserts (`records.py` writes them)."""
+    return Records(
+        fence=_fence_row(fence, len(steps), now),
+        steps=[_step_params(step, now) for step in steps],
+        events=[
+            {
+                "run_id": fence.run_id,
+                "n": i,
+                "type": f"{step.kind}_recorded",
+                "at": now,
+                "data": dumps(step_event_data(step)),
+            }
+            for i, step in enumerate(steps, start=1)
+        ],
+    )
 
 
 class _PositionTakenError(Exception):

@@ -28,7 +28,7 @@ from perdure.storage.database import (
     Row,
 )
 from perdure.storage.queries import load_migrations
-from perdure.storage.queues import QueueStore
+from perdure.storage.queues import QueueStore, row_to_queue
 from perdure.storage.rows import dumps, loads_json, row_to_event, row_to_run, row_to_task
 from perdure.storage.steps import StepStore, cancel_descendants, settle_child_waits
 from perdure.storage.writes import EventLog, run_insert_params
@@ -66,6 +66,8 @@ class Storage(StepStore, QueueStore):
     def __init__(self, db: Database) -> None:
         self.db = db
         self._opened = False
+        #: Queues whose last seen settings pause or limit claims (see claim_runs).
+        self._gated_queues: set[str] = set()
 
     @property
     def url(self) -> str:
@@ -164,13 +166,9 @@ class Storage(StepStore, QueueStore):
                     data_json = created_events[kind] = dumps(data)
                 events.add_json(new.id, 1, "created", now, data_json)
                 results.append((self._fresh_run(new, now, created_at, params), True))
-            if plain:
-                inserted = await tx.execute_batch("insert_runs", plain)
-                if inserted != len(plain):
-                    raise StorageError(
-                        f"{len(plain) - inserted} of {len(plain)} runs could not be inserted: "
-                        "a run with the same id exists"
-                    )
+            # Fresh ids: a clash would fail the transaction, so nothing reads the result and
+            # on PostgreSQL the insert travels with the events and COMMIT (one round trip).
+            await tx.defer_batch("insert_new_runs", plain)
             await events.flush(tx)
             if any(created for _, created in results):
                 tx.notify(CHANNEL_WORK)
@@ -222,8 +220,37 @@ class Storage(StepStore, QueueStore):
             return []
         events = EventLog()
         async with self.db.transaction() as tx:
-            settings = await self.queue_limits(tx, queues)
-            open_queues = [q for q in queues if q not in settings]
+            params: dict[str, Any] = {
+                "worker_id": worker_id,
+                "task_ids": list(task_ids),
+                "limit": limit,
+                "lease": lease,
+                "now": now,
+                "from_statuses": _CLAIM_SOURCES,
+            }
+            speculate = len(queues) == 1 and queues[0] not in self._gated_queues
+            if speculate:
+                # The usual worker: one queue, last seen neither paused nor limited. Its claim
+                # goes out with the settings lookup, one round trip for both; the statement
+                # itself claims nothing if the queue has since been paused or limited.
+                found, claimed = await tx.fetch_each(
+                    [
+                        ("find_queues", {"names": list(queues)}),
+                        ("claim_queue_open", {**params, "queue": queues[0]}),
+                    ]
+                )
+                settings = {row["name"]: row_to_queue(row) for row in found}
+            else:
+                settings = await self.queue_limits(tx, queues)
+                claimed = []
+            self._gated_queues.difference_update(queues)
+            self._gated_queues.update(
+                name for name, lim in settings.items() if lim.paused or lim.limits_claims
+            )
+            remaining: Sequence[str] = queues
+            if speculate and not self._gated_queues.intersection(queues):
+                settings, remaining = {}, ()  # claimed above: nothing more to do
+            open_queues = [q for q in remaining if q not in settings]
             limited: list[QueueLimits] = []
             for limits in settings.values():
                 if limits.paused:
@@ -232,7 +259,9 @@ class Storage(StepStore, QueueStore):
                     limited.append(limits)
                 else:
                     open_queues.append(limits.name)
-            rows: list[Row] = []
+            rows: list[Row] = claimed
+            if len(rows) > limit:  # a planner re-evaluating LIMIT: never hand out more
+                raise StorageError(f"claim returned {len(rows)} rows for a limit of {limit}")
             # Limited queues first, each taking what its own limits allow: claimed after the
             # open queues, they would get no slot while an open queue has a backlog.
             for limits in sorted(limited, key=lambda q: q.name):
@@ -243,14 +272,7 @@ class Storage(StepStore, QueueStore):
                 )
             open_limit = limit - len(rows)
             if open_queues and open_limit > 0:
-                params: dict[str, Any] = {
-                    "worker_id": worker_id,
-                    "task_ids": list(task_ids),
-                    "limit": open_limit,
-                    "lease": lease,
-                    "now": now,
-                    "from_statuses": _CLAIM_SOURCES,
-                }
+                params["limit"] = open_limit
                 if len(open_queues) == 1:  # walks the claim index in order: no sort
                     opened = await tx.fetchall("claim_queue", {**params, "queue": open_queues[0]})
                 else:
@@ -263,16 +285,11 @@ class Storage(StepStore, QueueStore):
                         f"claim returned {len(opened)} rows for a limit of {open_limit}"
                     )
                 rows += opened
+            # The data `dumps` would write, without its cost per event.
+            tail = f',"worker_id":{dumps(worker_id)}}}'
             for row in rows:
-                events.add(
-                    row["id"],
-                    row["event_seq"],
-                    "attempt_started",
-                    now,
-                    status="running",
-                    attempt=row["attempt"],
-                    worker_id=worker_id,
-                )
+                data = f'{{"status":"running","attempt":{int(row["attempt"])}{tail}'
+                events.add_json(row["id"], row["event_seq"], "attempt_started", now, data)
             await events.flush(tx)
         return [row_to_run(row) for row in rows]
 
@@ -371,6 +388,10 @@ class Storage(StepStore, QueueStore):
                         _settled_result(out.run_id, out.status, out.output_json, out.error)
                     )
                 first = row["event_seq"] - len(new_events) + 1
+                if out.status is RunStatus.COMPLETED:  # the usual outcome: JSON made directly
+                    data_json = f'{{"status":"completed","attempt":{int(out.attempt)}}}'
+                    events.add_json(out.run_id, first, "completed", now, data_json)
+                    new_events = ()
                 for i, (type_, data) in enumerate(new_events):
                     events.add(out.run_id, first + i, type_, now, **data)
                 if retrying:

@@ -24,8 +24,9 @@ class EventLog:
         self.rows.append({"run_id": run_id, "seq": seq, "type": type_, "at": at, "data": data_json})
 
     async def flush(self, tx: Tx) -> None:
-        await tx.execute_batch("insert_events", self.rows)
-        self.rows.clear()
+        # Nothing reads the result: on PostgreSQL it travels with the next statement or COMMIT.
+        await tx.defer_batch("insert_events", self.rows)
+        self.rows = []
 
 
 def run_insert_params(new: NewRun, now: float) -> dict[str, Any]:

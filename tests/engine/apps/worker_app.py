@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
 from perdure import Engine, RunContext
 
@@ -35,8 +36,15 @@ def write_marker(name: str, text: str) -> None:
     tmp.replace(marker_dir() / name)
 
 
-def build_engine(url: str) -> Engine:
-    engine = Engine(url, lease=LEASE, heartbeat=HEARTBEAT, poll_interval=0.1, shutdown_grace=1)
+def build_engine(url: str, **options: Any) -> Engine:
+    """The engine both sides build; `options` override the short test timings."""
+    timings: dict[str, Any] = {
+        "lease": LEASE,
+        "heartbeat": HEARTBEAT,
+        "poll_interval": 0.1,
+        "shutdown_grace": 1,
+    }
+    engine = Engine(url, **{**timings, **options})
 
     @engine.task(id="crashy")
     async def crashy(ctx: RunContext, label: str) -> str:

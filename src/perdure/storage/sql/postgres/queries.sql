@@ -42,6 +42,26 @@ FROM json_to_recordset(%(rows)s::json) AS n(
 )
 ON CONFLICT DO NOTHING;
 
+-- name: insert_new_runs
+-- insert_runs for runs with fresh ids and no idempotency key: nothing can conflict, and
+-- a conflict would fail the statement (and its transaction) rather than skip a row, so
+-- no row count needs checking and the statement can travel with COMMIT.
+INSERT INTO perdure_runs (
+    id, task_id, queue, status, priority, input, attempt, max_attempts, timeout, version,
+    available_at, expires_at, idempotency_key, idempotency_expires_at, concurrency_key,
+    tags, metadata, parent_id, root_id, event_seq, created_at, updated_at
+)
+SELECT n.id, n.task_id, n.queue, n.status, n.priority, n.input, 0, n.max_attempts, n.timeout,
+       n.version, n.available_at, n.expires_at, n.idempotency_key, n.idempotency_expires_at,
+       n.concurrency_key, n.tags, n.metadata, n.parent_id, n.root_id, 1, n.now, n.now
+FROM json_to_recordset(%(rows)s::json) AS n(
+    id text, task_id text, queue text, status text, priority integer, input text,
+    max_attempts integer, timeout double precision, version text,
+    available_at double precision, expires_at double precision, idempotency_key text,
+    idempotency_expires_at double precision, concurrency_key text, tags text, metadata text,
+    parent_id text, root_id text, now double precision
+);
+
 -- name: insert_event
 INSERT INTO perdure_events (run_id, seq, type, at, data)
 VALUES (%(run_id)s, %(seq)s, %(type)s, %(at)s, %(data)s);
@@ -100,6 +120,38 @@ WITH due AS MATERIALIZED (
     WHERE available_at IS NOT NULL
       AND available_at <= %(now)s
       AND queue = %(queue)s
+      AND task_id = ANY(%(task_ids)s::text[])
+      AND (expires_at IS NULL OR expires_at > %(now)s OR started_at IS NOT NULL)
+    ORDER BY priority DESC, available_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE perdure_runs AS r
+SET status = 'running',
+    attempt = r.attempt + 1,
+    lease_owner = %(worker_id)s,
+    lease_expires_at = %(now)s + %(lease)s,
+    available_at = NULL,
+    started_at = COALESCE(r.started_at, %(now)s),
+    updated_at = %(now)s,
+    event_seq = r.event_seq + 1
+FROM due
+WHERE r.id = due.id AND r.status = ANY(%(from_statuses)s::text[])
+RETURNING r.*;
+
+-- name: claim_queue_open
+-- claim_queue, sent in one round trip with find_queues before its answer is known: it
+-- claims nothing from a paused queue or one whose limits need the locked count path.
+WITH due AS MATERIALIZED (
+    SELECT id FROM perdure_runs
+    WHERE available_at IS NOT NULL
+      AND available_at <= %(now)s
+      AND queue = %(queue)s
+      AND NOT EXISTS (SELECT 1 FROM perdure_queues AS q
+                      WHERE q.name = %(queue)s
+                        AND (q.paused <> 0 OR q.concurrency IS NOT NULL
+                             OR q.key_concurrency IS NOT NULL OR q.rate_limit IS NOT NULL
+                             OR q.key_rate_limit IS NOT NULL))
       AND task_id = ANY(%(task_ids)s::text[])
       AND (expires_at IS NULL OR expires_at > %(now)s OR started_at IS NOT NULL)
     ORDER BY priority DESC, available_at, id
@@ -295,6 +347,53 @@ WHERE id = %(id)s AND attempt = %(attempt)s AND lease_owner = %(worker_id)s
   AND status = 'running'
 RETURNING event_seq;
 
+-- name: record_steps
+-- Durable-call records (or progress/log events alone) of a batch of attempts in ONE statement,
+-- run in autocommit: one round trip and one commit (one WAL flush) for the whole batch
+-- (records.py). Each run is fenced on its attempt's lease; a run that fails its fence gets
+-- no record and no event. Rows are locked in id order first (as extend_leases does), so
+-- concurrent multi-row writers cannot deadlock. A position or token id already taken fails
+-- the whole statement (unique violation): nothing is written, and the caller falls back to
+-- record_steps' transaction.
+-- %(rows)s: one fence per run (id, attempt, worker_id, n_events, now); %(steps)s and
+-- %(events)s: the rows to insert, an event's seq given as its offset `n` in its run's batch.
+WITH fence AS (
+    SELECT * FROM json_to_recordset(%(rows)s::json) AS f(
+        id text, attempt integer, worker_id text, n_events integer, now double precision
+    )
+), locked AS MATERIALIZED (
+    SELECT r.id FROM perdure_runs AS r
+    WHERE r.id = ANY(ARRAY(SELECT f.id FROM fence AS f))
+    ORDER BY r.id
+    FOR NO KEY UPDATE OF r
+), fenced AS (
+    UPDATE perdure_runs AS r
+    SET event_seq = r.event_seq + f.n_events, updated_at = f.now
+    FROM locked JOIN fence AS f ON f.id = locked.id
+    WHERE r.id = locked.id AND r.attempt = f.attempt AND r.lease_owner = f.worker_id
+      AND r.status = 'running'
+    RETURNING r.id, r.event_seq - f.n_events AS seq_before
+), recorded AS (
+    INSERT INTO perdure_steps (run_id, position, kind, name, status, output, error, wake_at,
+                               token_id, child_run_id, batch, attempt, created_at, completed_at)
+    SELECT s.run_id, s.position, s.kind, s.name, s.status, s.output, s.error, s.wake_at,
+           s.token_id, s.child_run_id, s.batch, s.attempt, s.now, s.completed_at
+    FROM json_to_recordset(%(steps)s::json) AS s(
+        run_id text, position integer, kind text, name text, status text, output text,
+        error text, wake_at double precision, token_id text, child_run_id text, batch integer,
+        attempt integer, now double precision, completed_at double precision
+    )
+    JOIN fenced ON fenced.id = s.run_id
+), logged AS (
+    INSERT INTO perdure_events (run_id, seq, type, at, data)
+    SELECT e.run_id, fenced.seq_before + e.n, e.type, e.at, e.data
+    FROM json_to_recordset(%(events)s::json) AS e(
+        run_id text, n integer, type text, at double precision, data text
+    )
+    JOIN fenced ON fenced.id = e.run_id
+)
+SELECT id, seq_before FROM fenced;
+
 -- name: load_steps
 SELECT * FROM perdure_steps WHERE run_id = %(run_id)s ORDER BY position;
 
@@ -314,7 +413,22 @@ ON CONFLICT DO NOTHING
 RETURNING position;
 
 -- name: insert_steps
--- Several records at once (a parent's children); the caller compares the rows inserted.
+-- Several records at once (a parent's children); the caller compares the rows returned.
+INSERT INTO perdure_steps (run_id, position, kind, name, status, output, error, wake_at,
+                           token_id, child_run_id, batch, attempt, created_at, completed_at)
+SELECT s.run_id, s.position, s.kind, s.name, s.status, s.output, s.error, s.wake_at,
+       s.token_id, s.child_run_id, s.batch, s.attempt, s.now, s.completed_at
+FROM json_to_recordset(%(rows)s::json) AS s(
+    run_id text, position integer, kind text, name text, status text, output text,
+    error text, wake_at double precision, token_id text, child_run_id text, batch integer,
+    attempt integer, now double precision, completed_at double precision
+)
+ON CONFLICT DO NOTHING
+RETURNING run_id, position;
+
+-- name: insert_steps_counted
+-- Several records at once (a parent's children); the caller compares the row count
+-- (no RETURNING: SQLite runs it with executemany).
 INSERT INTO perdure_steps (run_id, position, kind, name, status, output, error, wake_at,
                            token_id, child_run_id, batch, attempt, created_at, completed_at)
 SELECT s.run_id, s.position, s.kind, s.name, s.status, s.output, s.error, s.wake_at,

@@ -30,6 +30,20 @@ INSERT INTO perdure_runs (
 )
 ON CONFLICT DO NOTHING;
 
+-- name: insert_new_runs
+-- insert_runs for runs with fresh ids and no idempotency key: nothing can conflict, and
+-- a conflict would fail the statement (and its transaction) rather than skip a row, so
+-- no row count needs checking and the statement can travel with COMMIT.
+INSERT INTO perdure_runs (
+    id, task_id, queue, status, priority, input, attempt, max_attempts, timeout, version,
+    available_at, expires_at, idempotency_key, idempotency_expires_at, concurrency_key,
+    tags, metadata, parent_id, root_id, event_seq, created_at, updated_at
+) VALUES (
+    :id, :task_id, :queue, :status, :priority, :input, 0, :max_attempts, :timeout, :version,
+    :available_at, :expires_at, :idempotency_key, :idempotency_expires_at, :concurrency_key,
+    :tags, :metadata, :parent_id, :root_id, 1, :now, :now
+);
+
 -- name: insert_event
 INSERT INTO perdure_events (run_id, seq, type, at, data)
 VALUES (:run_id, :seq, :type, :at, :data);
@@ -90,6 +104,37 @@ WHERE id IN (
       -- unary +: a range on available_at would make the planner skip-scan and sort it all
       AND +available_at <= :now
       AND queue = :queue
+      AND +task_id IN (SELECT value FROM json_each(:task_ids))
+      AND (expires_at IS NULL OR expires_at > :now OR started_at IS NOT NULL)
+    ORDER BY priority DESC, available_at, id
+    LIMIT :limit
+)
+AND status IN (SELECT value FROM json_each(:from_statuses))
+RETURNING *;
+
+-- name: claim_queue_open
+-- claim_queue, sent in one round trip with find_queues before its answer is known: it
+-- claims nothing from a paused queue or one whose limits need the locked count path.
+UPDATE perdure_runs
+SET status = 'running',
+    attempt = attempt + 1,
+    lease_owner = :worker_id,
+    lease_expires_at = :now + :lease,
+    available_at = NULL,
+    started_at = COALESCE(started_at, :now),
+    updated_at = :now,
+    event_seq = event_seq + 1
+WHERE id IN (
+    SELECT id FROM perdure_runs
+    WHERE available_at IS NOT NULL
+      -- unary +: a range on available_at would make the planner skip-scan and sort it all
+      AND +available_at <= :now
+      AND queue = :queue
+      AND NOT EXISTS (SELECT 1 FROM perdure_queues AS q
+                      WHERE q.name = :queue
+                        AND (q.paused <> 0 OR q.concurrency IS NOT NULL
+                             OR q.key_concurrency IS NOT NULL OR q.rate_limit IS NOT NULL
+                             OR q.key_rate_limit IS NOT NULL))
       AND +task_id IN (SELECT value FROM json_each(:task_ids))
       AND (expires_at IS NULL OR expires_at > :now OR started_at IS NOT NULL)
     ORDER BY priority DESC, available_at, id
@@ -236,6 +281,15 @@ SET event_seq = event_seq + :n_events, updated_at = :now
 WHERE id = :id AND attempt = :attempt AND lease_owner = :worker_id AND status = 'running'
 RETURNING event_seq;
 
+-- name: record_steps
+-- Fences one run of a batch of durable-call records (a batch statement: once per run) and
+-- reserves its events' numbers; records.py inserts the records and events in the same
+-- BEGIN IMMEDIATE transaction (PostgreSQL does all of it in this one statement).
+UPDATE perdure_runs
+SET event_seq = event_seq + :n_events, updated_at = :now
+WHERE id = :id AND attempt = :attempt AND lease_owner = :worker_id AND status = 'running'
+RETURNING id, event_seq - :n_events AS seq_before;
+
 -- name: load_steps
 SELECT * FROM perdure_steps WHERE run_id = :run_id ORDER BY position;
 
@@ -254,7 +308,17 @@ ON CONFLICT DO NOTHING
 RETURNING position;
 
 -- name: insert_steps
--- Several records at once (a parent's children); the caller compares the rows inserted.
+-- Several records at once (a parent's children); the caller compares the rows returned.
+INSERT INTO perdure_steps (run_id, position, kind, name, status, output, error, wake_at,
+                           token_id, child_run_id, batch, attempt, created_at, completed_at)
+VALUES (:run_id, :position, :kind, :name, :status, :output, :error, :wake_at, :token_id,
+        :child_run_id, :batch, :attempt, :now, :completed_at)
+ON CONFLICT DO NOTHING
+RETURNING run_id, position;
+
+-- name: insert_steps_counted
+-- Several records at once (a parent's children); the caller compares the row count
+-- (no RETURNING: SQLite runs it with executemany).
 INSERT INTO perdure_steps (run_id, position, kind, name, status, output, error, wake_at,
                            token_id, child_run_id, batch, attempt, created_at, completed_at)
 VALUES (:run_id, :position, :kind, :name, :status, :output, :error, :wake_at, :token_id,
