@@ -153,6 +153,34 @@ async def test_a_child_reusing_a_unique_id_fails_its_parent(engine: Engine) -> N
     assert [r.id for r in sleepers] == [taken.id]
 
 
+async def test_parents_claiming_one_unique_id_together_fail_only_the_second(
+    engine: Engine,
+) -> None:
+    """Both parents' waits are committed in one group; the taken id fails just one parent."""
+    waiter = engine.sleeping_task(id="webhook", timeout=3600)
+
+    @engine.parent_task(id="parent")
+    def parent(ctx: RunContext, n: int) -> Parent[None]:
+        return Parent(children=[child(waiter, "entity-1")])
+
+    async with engine:
+        handles = await parent.batch_trigger([1, 2])
+        runs = [
+            await wait_for_status(
+                engine, h.id, RunStatus.FAILED, RunStatus.WAITING_FOR_CHILDREN, timeout=10
+            )
+            for h in handles
+        ]
+        sleepers = await runs_of(engine, "webhook")
+
+    failed = [r for r in runs if r.status is RunStatus.FAILED]
+    waiting = [r for r in runs if r.status is RunStatus.WAITING_FOR_CHILDREN]
+    assert (len(failed), len(waiting)) == (1, 1)
+    assert failed[0].error is not None
+    assert "wait token 'sleep:webhook:entity-1' already belongs to run" in failed[0].error.message
+    assert [s.parent_id for s in sleepers] == [waiting[0].id]
+
+
 async def test_wakeup_of_an_unknown_unique_id_raises_run_not_found(engine: Engine) -> None:
     waiter = engine.sleeping_task(id="webhook", timeout=3600)
     with pytest.raises(RunNotFoundError, match="webhook:nobody"):

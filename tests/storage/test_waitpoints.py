@@ -4,14 +4,27 @@ however the children's completions interleave (two workers finishing siblings at
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
-from perdure.core.models import StepRecord
+import pytest
+
+from perdure.core.errors import DuplicateRunError
+from perdure.core.models import Run, StepRecord
 from perdure.core.statuses import RunStatus
 from perdure.storage import Storage
-from perdure.storage.steps import Fence
-from tests.storage.factories import T0, claim, completed, create_one, get, new_run
+from perdure.storage.steps import Fence, Spawn
+from tests.storage.factories import (
+    T0,
+    claim,
+    completed,
+    create,
+    create_one,
+    event_types,
+    get,
+    new_run,
+)
 
 
 async def suspended_parent_with_children(storage: Storage, n: int) -> tuple[str, list[str]]:
@@ -71,3 +84,112 @@ async def test_siblings_finishing_at_once_still_wake_the_parent(
 
             parent = await get(storage, parent_id)
             assert parent.available_at is not None, f"round {round_}: the parent never woke"
+
+
+def spawn_of(parent: Run, worker: str, n: int, *, attempt: int | None = None) -> Spawn:
+    """A tree node's wait on `n` new children (`attempt`: a stale attempt number)."""
+    fence = Fence(parent.id, parent.attempt if attempt is None else attempt, worker)
+    children = [new_run(task_id="child", parent_id=parent.id, root_id=parent.id) for _ in range(n)]
+    steps = [
+        StepRecord(
+            run_id=parent.id,
+            position=i,
+            kind="child",
+            name="child",
+            status="pending",
+            child_run_id=child.id,
+            batch=0,
+            attempt=fence.attempt,
+        )
+        for i, child in enumerate(children)
+    ]
+    return Spawn(fence, steps, children, [], RunStatus.WAITING_FOR_CHILDREN)
+
+
+async def test_a_group_of_spawns_suspends_each_fenced_parent_with_its_children(
+    storage: Storage,
+) -> None:
+    await create(storage, new_run(task_id="parent"), new_run(task_id="parent"))
+    a, b = await claim(storage, "w", task_ids=["parent"], limit=2)
+
+    applied = await storage.suspend_with_children(
+        [spawn_of(a, "w", 2), spawn_of(b, "w", 1, attempt=b.attempt + 1)], T0 + 1
+    )
+
+    assert applied == [True, False]
+    waiting, stale = await get(storage, a.id), await get(storage, b.id)
+    assert (waiting.status, waiting.lease_owner, waiting.available_at) == (
+        RunStatus.WAITING_FOR_CHILDREN,
+        None,
+        None,
+    )
+    assert (await event_types(storage, a.id))[-3:] == [
+        "child_recorded",
+        "child_recorded",
+        "suspended",
+    ]
+    kids = await storage.list_runs(parent_id=a.id)
+    assert len(kids.runs) == 2
+    assert [await event_types(storage, kid.id) for kid in kids.runs] == [["created"]] * 2
+    # The stale attempt wrote nothing: its run still runs, with no children.
+    assert (stale.status, stale.lease_owner) == (RunStatus.RUNNING, "w")
+    assert (await storage.list_runs(parent_id=b.id)).runs == []
+
+    first, second = await claim(storage, "w2", task_ids=["child"], limit=2, now=T0 + 2)
+    await storage.finish_attempts("w2", [completed(first), completed(second)], T0 + 3)
+    assert (await get(storage, a.id)).available_at is not None  # its batch settled: woken
+
+
+async def test_load_steps_of_several_runs_reads_each_history_in_order(storage: Storage) -> None:
+    await create(storage, new_run(task_id="parent"), new_run(task_id="parent"))
+    a, b = await claim(storage, "w", task_ids=["parent"], limit=2)
+    spawn_a, spawn_b = spawn_of(a, "w", 3), spawn_of(b, "w", 1)
+    assert await storage.suspend_with_children([spawn_a, spawn_b], T0 + 1) == [True, True]
+
+    found = await storage.load_steps_of([b.id, a.id, "run_nothing_recorded"])
+
+    assert set(found) == {a.id, b.id}
+    assert found[a.id] == await storage.load_steps(a.id)
+    assert [s.position for s in found[a.id]] == [0, 1, 2]
+    assert [s.child_run_id for s in found[b.id]] == [spawn_b.children[0].id]
+
+
+async def test_a_stale_and_a_current_attempt_of_one_run_in_one_group(storage: Storage) -> None:
+    """Only the current attempt's spawn applies; the stale one's children are not created."""
+    await create(storage, new_run(task_id="parent"))
+    [run] = await claim(storage, "w", task_ids=["parent"])
+    stale, current = spawn_of(run, "w", 1, attempt=run.attempt - 1), spawn_of(run, "w", 2)
+
+    assert await storage.suspend_with_children([stale, current], T0 + 1) == [False, True]
+    kids = (await storage.list_runs(parent_id=run.id)).runs
+    assert sorted(k.id for k in kids) == sorted(c.id for c in current.children)
+
+
+async def test_a_taken_token_id_rolls_back_the_whole_group(storage: Storage) -> None:
+    """The engine then commits each spawn of the group alone, so only the one that takes
+    the token fails (tests/engine/test_trees_sleeping.py)."""
+    await create(storage, new_run(task_id="parent"), new_run(task_id="parent"))
+    a, b = await claim(storage, "w", task_ids=["parent"], limit=2)
+    sleeper = new_run(task_id="sleeper")
+    assert await storage.create_run_with_steps(sleeper, [token_step(sleeper.id)], T0)
+    clash = spawn_of(b, "w", 1)
+    clash = dataclasses.replace(clash, child_steps=[token_step(clash.children[0].id)])
+
+    with pytest.raises(DuplicateRunError, match="'sleep:t:1' already belongs"):
+        await storage.suspend_with_children([spawn_of(a, "w", 1), clash], T0 + 1)
+
+    for parent in (a, b):  # nothing of either spawn was written
+        assert (await get(storage, parent.id)).status is RunStatus.RUNNING
+        assert (await storage.list_runs(parent_id=parent.id)).runs == []
+
+
+def token_step(run_id: str) -> StepRecord:
+    return StepRecord(
+        run_id=run_id,
+        position=0,
+        kind="token",
+        name="token",
+        status="pending",
+        token_id="sleep:t:1",
+        batch=0,
+    )

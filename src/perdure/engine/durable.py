@@ -14,9 +14,10 @@ import asyncio
 import contextlib
 import contextvars
 import inspect
+import itertools
 import typing
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -37,8 +38,9 @@ from perdure.core.models import NewRun, Run, RunResult, StepRecord
 from perdure.core.retry import RetryPolicy, to_seconds
 from perdure.core.serialization import SerializationErrors, codec_for, describe_type
 from perdure.core.statuses import RunStatus
+from perdure.engine.groups import spawn_commits, step_loads
 from perdure.storage import Storage
-from perdure.storage.steps import STEP_COMPLETED, STEP_FAILED, STEP_PENDING, Fence
+from perdure.storage.steps import STEP_COMPLETED, STEP_FAILED, STEP_PENDING, Fence, Spawn
 
 if TYPE_CHECKING:
     from perdure.engine.context import RunContext
@@ -60,11 +62,16 @@ class Suspend(BaseException):
         wait_positions: Sequence[int],
         wake_at: float | None,
         status: RunStatus = RunStatus.SUSPENDED,
+        *,
+        committed: bool = False,
     ) -> None:
         super().__init__("run suspended")
         self.wait_positions = list(wait_positions)
         self.wake_at = wake_at
         self.status = status
+        #: The suspension was already committed (with the children it waits for): the worker
+        #: only releases the slot.
+        self.committed = committed
 
 
 class StartsWithSteps(Protocol):
@@ -106,6 +113,9 @@ class Durable:
         self.fence = Fence(run.id, run.attempt, worker_id)
         self.position = 0
         self.recorded: dict[int, StepRecord] | None = None
+        #: A suspension of this attempt is being committed: from its commit on, the run is no
+        #: longer `running`, which a lease check must not take for a lost lease.
+        self.suspending = False
 
     @property
     def storage(self) -> Storage:
@@ -125,7 +135,8 @@ class Durable:
 
     async def _load(self) -> dict[int, StepRecord]:
         if self.recorded is None:
-            steps = await self.storage.load_steps(self.run.id)
+            storage = self.storage
+            steps = await step_loads(storage).load(self.run.id, storage)
             # Concurrent calls (asyncio.gather) may load at once: the first result stays,
             # since it already holds what this attempt recorded since.
             if self.recorded is None:
@@ -140,7 +151,12 @@ class Durable:
         return (self.position if position is None else position) in await self._load()
 
     async def lookup(self, position: int, kind: str, name: str) -> StepRecord | None:
-        record = (await self._load()).get(position)
+        return self._match((await self._load()).get(position), position, kind, name)
+
+    def _match(
+        self, record: StepRecord | None, position: int, kind: str, name: str
+    ) -> StepRecord | None:
+        """`record`, the one at `position`, if it is the durable call the code makes there."""
         if record is not None and (record.kind != kind or record.name != name):
             raise NonDeterminismError(
                 f"run {self.run.id} of task {self.run.task_id!r}: at durable call #{position} "
@@ -156,19 +172,26 @@ class Durable:
         children: Sequence[NewRun] = (),
         child_steps: Sequence[StepRecord] = (),
     ) -> None:
-        try:
-            ok = await self.storage.record_steps(
+        await self._written(
+            self.storage.record_steps(
                 self.fence, steps, self.now, children=children, child_steps=child_steps
             )
-        except DuplicateRunError as exc:  # the same ids would collide on every retry
+        )
+        if self.recorded is not None:
+            for step in steps:
+                self.recorded[step.position] = step
+
+    async def _written(self, write: Awaitable[bool]) -> None:
+        """Await a fenced write: a lost lease stops the attempt; a token id that is taken
+        (the same ids would collide on every retry) fails the run without retry."""
+        try:
+            ok = await write
+        except DuplicateRunError as exc:
             raise NonRetryableError(
                 f"run {self.run.id} of task {self.run.task_id!r}: {exc}"
             ) from exc
         if not ok:
             raise LeaseLost(f"run {self.run.id} attempt {self.run.attempt} lost its lease")
-        if self.recorded is not None:
-            for step in steps:
-                self.recorded[step.position] = step
 
     def _step(self, position: int, kind: str, name: str, status: str, **fields: Any) -> StepRecord:
         return StepRecord(
@@ -305,9 +328,15 @@ class Durable:
         children: Sequence[tuple[Task[Any, Any], Any]],
         options: TriggerOptions,
         status: RunStatus = RunStatus.SUSPENDED,
+        *,
+        suspend_now: bool = False,
     ) -> list[RunResult[Any]]:
         """Start child runs (one transaction, at consecutive positions) and wait, as `status`,
-        until all have settled; their results come back in order, failed ones included."""
+        until all have settled; their results come back in order, failed ones included.
+
+        `suspend_now`: the body makes no other durable call meanwhile (a tree node), so the
+        run suspends in the transaction that creates the children instead of one more after
+        the body unwinds."""
         n = len(children)
         if n == 0:
             return []
@@ -319,16 +348,13 @@ class Durable:
             )
         first = self.reserve(n)
         positions = list(range(first, first + n))
+        recorded = await self._load()
         records = [
-            await self.lookup(p, "child", task.id)
+            self._match(recorded.get(p), p, "child", task.id)
             for p, (task, _) in zip(positions, children, strict=True)
         ]
         if all(r is None for r in records):
-            engine = self.ctx.engine
-            new_runs = [
-                engine._new_runs(task, [value], options, parent=self.run)[0]  # pyright: ignore[reportPrivateUsage]
-                for task, value in children
-            ]
+            new_runs = self._new_children(children, options)
             steps = [
                 self._step(p, "child", task.id, STEP_PENDING, child_run_id=c.id, batch=first)
                 for p, (task, _), c in zip(positions, children, new_runs, strict=True)
@@ -341,11 +367,34 @@ class Durable:
                 if hasattr(task, "initial_steps")
                 for step in typing.cast(StartsWithSteps, task).initial_steps(c.id, value, now)
             ]
-            await self.record(steps, new_runs, child_steps)
-            raise Suspend(positions, None, status)
+            if not suspend_now:
+                await self.record(steps, new_runs, child_steps)
+                raise Suspend(positions, None, status)
+            # Buffered progress, logs and metadata go first: once the run is suspended, no
+            # write of this attempt passes the fence any more.
+            await self.ctx._flush_events(first)  # pyright: ignore[reportPrivateUsage]
+            spawn = Spawn(self.fence, steps, new_runs, child_steps, status)
+            storage = self.storage
+            self.suspending = True  # if the write fails, the body fails: no write follows
+            await self._written(
+                spawn_commits(storage).submit(spawn, storage, self.ctx.engine.clock)
+            )
+            raise Suspend(positions, None, status, committed=True)
         if any(r is None or r.status == STEP_PENDING for r in records):
             raise Suspend(positions, None, status)
         return [_child_result(r, task) for r, (task, _) in zip(records, children, strict=True) if r]
+
+    def _new_children(
+        self, children: Sequence[tuple[Task[Any, Any], Any]], options: TriggerOptions
+    ) -> list[NewRun]:
+        """Validated rows of new child runs, in order; one `_new_runs` call per run of
+        consecutive children of the same task (a parent's children usually share one)."""
+        engine = self.ctx.engine
+        new_runs: list[NewRun] = []
+        for task, group in itertools.groupby(children, key=lambda c: c[0]):
+            inputs = [value for _, value in group]
+            new_runs += engine._new_runs(task, inputs, options, parent=self.run)  # pyright: ignore[reportPrivateUsage]
+        return new_runs
 
 
 def _child_result(record: StepRecord, task: Task[Any, T]) -> RunResult[T]:

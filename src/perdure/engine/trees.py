@@ -431,7 +431,8 @@ async def _spawn(
     """Start child runs and wait for them; an input the child refuses (type, size) fails the
     run without retry, since it would be refused again on every retry."""
     try:
-        return await durable.spawn_and_wait(specs, _NO_OPTIONS, status)
+        # A tree node makes no other durable call while it waits: suspend with the children.
+        return await durable.spawn_and_wait(specs, _NO_OPTIONS, status, suspend_now=True)
     except InputValidationError as exc:
         raise error(f"{what}: {exc}") from exc
 

@@ -294,6 +294,10 @@ class Worker:
                 outcome = None
         except Suspend as exc:
             suspend = exc
+            # Already suspended in the transaction that created its children: no write of
+            # this attempt may follow, and a lease check must not report it lost.
+            if exc.committed:
+                attempt.finishing = True
         except LeaseLost:
             attempt.stop_reason = attempt.stop_reason or STOP_LEASE_LOST
         except BaseException as exc:  # never let one attempt kill the worker
@@ -304,7 +308,8 @@ class Worker:
                 RunStatus.FAILED,
                 error=ErrorInfo.from_exception(exc, retryable=False),
             )
-        if attempt.stop_reason is None and (outcome is not None or suspend is not None):
+        waits = suspend is not None and not suspend.committed
+        if attempt.stop_reason is None and (outcome is not None or waits):
             try:
                 await attempt.ctx._flush_events()  # pyright: ignore[reportPrivateUsage]
             except PerdureError as exc:
@@ -314,7 +319,7 @@ class Worker:
                     exc,
                     extra=_extra(run, self.id),
                 )
-        if suspend is not None and attempt.stop_reason is None:
+        if suspend is not None and not suspend.committed and attempt.stop_reason is None:
             attempt.finishing = True
             try:
                 suspended = await self._retrying(
@@ -648,6 +653,10 @@ class Worker:
         for run_id, attempt_no in lost:
             attempt = self.active.get(run_id)
             if attempt is None or attempt.run.attempt != attempt_no or attempt.finishing:
+                continue
+            if attempt.ctx._durable.suspending:  # pyright: ignore[reportPrivateUsage]
+                # Suspended by its own commit (the run waits now): not lost. Had the lease
+                # been lost first, that commit's fence fails and the body stops by itself.
                 continue
             log.warning(
                 "run %s attempt %d is no longer leased to this worker (cancelled or "

@@ -10,6 +10,7 @@ that lands while the run is suspending still wakes it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from perdure.core.errors import DuplicateRunError, ErrorInfo, StorageError
@@ -111,6 +112,22 @@ class Fence:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Spawn:
+    """A tree node's wait, written at once: the child waits (`steps`) of its attempt (`fence`),
+    the children they wait for, the records those start with, and the status it waits in."""
+
+    fence: Fence
+    steps: Sequence[StepRecord]
+    children: Sequence[NewRun]
+    child_steps: Sequence[StepRecord]
+    status: RunStatus
+
+    def __post_init__(self) -> None:
+        if self.status not in WAITING_STATUSES:
+            raise ValueError(f"cannot suspend into status {self.status.value!r}")
+
+
 class StepStore:
     """Mixed into `Storage`: operations on steps, tokens and child waits."""
 
@@ -121,6 +138,15 @@ class StepStore:
         async with self.db.reader() as tx:
             rows = await tx.fetchall("load_steps", {"run_id": run_id})
         return [row_to_step(row) for row in rows]
+
+    async def load_steps_of(self, run_ids: Sequence[str]) -> dict[str, list[StepRecord]]:
+        """`load_steps` of several runs in one read: run id -> its records, by position."""
+        async with self.db.reader() as tx:
+            rows = await tx.fetchall("load_steps_of", {"run_ids": list(run_ids)})
+        found: dict[str, list[StepRecord]] = {}
+        for row in rows:
+            found.setdefault(row["run_id"], []).append(row_to_step(row))
+        return found
 
     async def record_steps(
         self,
@@ -177,36 +203,64 @@ class StepStore:
             bumped = await tx.fetchone("fence_and_bump", fence.params(now, n_events))
             if bumped is None:
                 return False
-            await _insert_steps(tx, steps, now)
             events = EventLog()
-            first = bumped["event_seq"] - n_events + 1
-            for i, step in enumerate(steps):
-                data = step_event_data(step)
-                events.add(fence.run_id, first + i, f"{step.kind}_recorded", now, **data)
-            if children:  # one batch statement (one round trip on PostgreSQL)
-                params = [run_insert_params(child, now) for child in children]
-                inserted = await tx.execute_batch("insert_runs", params)
-                if inserted != len(children):
-                    raise StorageError(
-                        f"{len(children) - inserted} of {len(children)} child runs of run "
-                        f"{fence.run_id} could not be inserted (an id or idempotency key is "
-                        "taken); nothing was stored"
-                    )
-            for child in children:
-                events.add(
-                    child.id,
-                    1,
-                    "created",
-                    now,
-                    status=child.status.value,
-                    queue=child.queue,
-                    parent_id=fence.run_id,
-                )
-            await _insert_steps(tx, child_steps, now)
-            await events.flush(tx)
-            if children:
-                tx.notify(CHANNEL_WORK)
+            _record_events(events, fence.run_id, bumped["event_seq"] - n_events + 1, steps, now)
+            parent_ids = [fence.run_id] * len(children)
+            await _insert_records(tx, events, parent_ids, steps, children, child_steps, now)
         return True
+
+    async def suspend_with_children(self, spawns: Sequence[Spawn], now: float) -> list[bool]:
+        """Several attempts' `Spawn`s in one transaction (a group commit): each records its
+        child waits, creates its children and suspends its run, fenced on its own attempt.
+        `False` for a spawn whose attempt lost its lease: nothing of it was written. An error
+        (`DuplicateRunError`: a token id is taken) rolls back the whole group."""
+        applied = [False] * len(spawns)
+        steps: list[StepRecord] = []
+        children: list[NewRun] = []
+        child_steps: list[StepRecord] = []
+        run_ids: list[str] = []
+        events = EventLog()
+        # Run-id order, as finish_attempts and extend_leases lock rows (PostgreSQL deadlocks).
+        order = sorted(range(len(spawns)), key=lambda k: spawns[k].fence.run_id)
+        # No wake-up time: the waitpoints are created pending in this transaction, so none
+        # can have settled before it commits; their settlement wakes the run.
+        rows = [
+            {
+                "id": spawns[idx].fence.run_id,
+                "attempt": spawns[idx].fence.attempt,
+                "worker_id": spawns[idx].fence.worker_id,
+                "status": spawns[idx].status.value,
+                "n_events": len(spawns[idx].steps) + 1,
+            }
+            for idx in order
+        ]
+        async with self.db.transaction() as tx:
+            suspended = await tx.fetch_batch("suspend_runs", rows, {"now": now})
+            seqs = {(row["id"], row["attempt"]): row["event_seq"] for row in suspended}
+            for idx in order:
+                spawn = spawns[idx]
+                fence, n_events = spawn.fence, len(spawn.steps) + 1
+                seq = seqs.get((fence.run_id, fence.attempt))
+                if seq is None:  # the attempt lost its lease: nothing of it is written
+                    continue
+                applied[idx] = True
+                _record_events(events, fence.run_id, seq - n_events + 1, spawn.steps, now)
+                events.add(
+                    fence.run_id,
+                    seq,
+                    "suspended",
+                    now,
+                    status=spawn.status.value,
+                    attempt=fence.attempt,
+                    wake_at=None,
+                    waiting_for=[step.position for step in spawn.steps],
+                )
+                run_ids += [fence.run_id] * len(spawn.children)
+                steps += spawn.steps
+                children += spawn.children
+                child_steps += spawn.child_steps
+            await _insert_records(tx, events, run_ids, steps, children, child_steps, now)
+        return applied
 
     async def suspend(
         self,
@@ -400,57 +454,128 @@ class StepStore:
         return woken
 
 
+def _record_events(
+    events: EventLog, run_id: str, first: int, steps: Sequence[StepRecord], now: float
+) -> None:
+    """The `<kind>_recorded` events of a run's new records, numbered from `first`."""
+    for i, step in enumerate(steps):
+        events.add(run_id, first + i, f"{step.kind}_recorded", now, **step_event_data(step))
+
+
+async def _insert_records(
+    tx: Tx,
+    events: EventLog,
+    parent_ids: Sequence[str],
+    steps: Sequence[StepRecord],
+    children: Sequence[NewRun],
+    child_steps: Sequence[StepRecord],
+    now: float,
+) -> None:
+    """Insert records, child runs (`parent_ids[i]` created `children[i]`), the records the
+    children start with, and `events` plus the children's `created` events: one batch
+    statement each (one round trip each on PostgreSQL)."""
+    await _insert_steps(tx, steps, now)
+    if children:
+        inserted = await tx.execute_batch(
+            "insert_runs", [run_insert_params(child, now) for child in children]
+        )
+        if inserted != len(children):
+            raise StorageError(
+                f"{len(children) - inserted} of {len(children)} child runs of run(s) "
+                f"{', '.join(sorted(set(parent_ids)))} could not be inserted (an id or "
+                "idempotency key is taken); nothing was stored"
+            )
+        # Children of one parent share their `created` event's data: serialize it once.
+        by_kind: dict[tuple[str, str, str], str] = {}
+        for parent_id, child in zip(parent_ids, children, strict=True):
+            kind = (child.status.value, child.queue, parent_id)
+            data_json = by_kind.get(kind)
+            if data_json is None:
+                data = {"status": kind[0], "queue": kind[1], "parent_id": parent_id}
+                data_json = by_kind[kind] = dumps(data)
+            events.add_json(child.id, 1, "created", now, data_json)
+    await _insert_steps(tx, child_steps, now)
+    await events.flush(tx)
+    if children:
+        tx.notify(CHANNEL_WORK)
+
+
 async def settle_child_waits(
-    tx: Tx, settled: Sequence[tuple[str, dict[str, Any]]], now: float
+    tx: Tx, settled: Sequence[tuple[str, str, str]], now: float
 ) -> list[str]:
-    """In the transaction that finishes child runs: record each child's settled result on
-    its parent's waitpoint and wake parents whose whole batch has settled (same commit, so a
-    parent can never miss its wake-up)."""
+    """In the transaction that finishes child runs: record each child's settled result
+    (`settled`: child run id, status, result as JSON text) on its parent's waitpoint and wake
+    parents whose whole batch has settled (same commit, so a parent can never miss its
+    wake-up)."""
+    if not settled:
+        return []
+    # One batch statement for every child of the commit (one round trip on PostgreSQL, which
+    # also locks their parents there, in id order: see the query).
+    rows = await tx.fetchall(
+        "settle_child_waits",
+        {
+            "rows": dumps(
+                [
+                    {"child_run_id": child_run_id, "output": result}
+                    for child_run_id, _, result in settled
+                ]
+            ),
+            "now": now,
+        },
+    )
+    waits = {row["child_run_id"]: row for row in rows}
     # Per parent, not per child: a group commit often settles many children of one parent.
     by_parent: dict[str, tuple[list[tuple[str, str]], set[int]]] = {}
-    for child_run_id, result in settled:
-        rows = await tx.fetchall(
-            "settle_child_waits",
-            {"child_run_id": child_run_id, "output": dumps(result), "now": now},
-        )
-        for row in rows:
-            children, batches = by_parent.setdefault(row["run_id"], ([], set()))
-            children.append((child_run_id, result["status"]))
-            batches.add(row["batch"])
+    for child_run_id, status, _ in settled:
+        row = waits.get(child_run_id)
+        if row is None:  # not a child wait (a run triggered with a parent id only), or settled
+            continue
+        children, batches = by_parent.setdefault(row["run_id"], ([], set()))
+        children.append((child_run_id, status))
+        batches.add(row["batch"])
+    if not by_parent:
+        return []
     woken: list[str] = []
     events = EventLog()
     # Parents in id order, so concurrent settlements lock parent rows in the same order. The
-    # parent row is locked (bump) before the batch is checked: of two transactions settling
-    # a batch's last children, the second sees the first's settlement and wakes the parent.
-    for parent_id in sorted(by_parent):
-        children, batches = by_parent[parent_id]
-        bumped = await tx.fetchone("bump_event_seq", {"id": parent_id, "n_events": len(children)})
-        if bumped is not None:
-            first = bumped["event_seq"] - len(children) + 1
-            for i, (child_run_id, status) in enumerate(children):
-                events.add(
-                    parent_id,
-                    first + i,
-                    "child_settled",
-                    now,
-                    child_run_id=child_run_id,
-                    child_status=status,
-                )
-        for batch in sorted(batches):
-            woke = await tx.fetchone(
-                "wake_if_settled",
-                {"id": parent_id, "batch": batch, "now": now, "waiting": WAITING},
+    # parent row is locked (bump) before the batch is checked, in a later statement: of two
+    # transactions settling a batch's last children, the second sees the first's settlement
+    # and wakes the parent.
+    parent_ids = sorted(by_parent)
+    counts = [{"id": p, "n_events": len(by_parent[p][0])} for p in parent_ids]
+    bumped = await tx.fetchall("bump_event_seqs", {"rows": dumps(counts)})
+    for row in bumped:
+        parent_id = row["id"]
+        children = by_parent[parent_id][0]
+        first = row["event_seq"] - len(children) + 1
+        for i, (child_run_id, status) in enumerate(children):
+            events.add(
+                parent_id,
+                first + i,
+                "child_settled",
+                now,
+                child_run_id=child_run_id,
+                child_status=status,
             )
-            if woke is not None:
-                woken.append(parent_id)
-                events.add(
-                    parent_id,
-                    woke["event_seq"],
-                    "resumed",
-                    now,
-                    reason="children settled",
-                    batch=batch,
-                )
+    # One statement per round, one row per parent in each: a parent waiting on several
+    # batches (rare) has its later batches checked in later rounds, in batch order.
+    batches = [(p, sorted(by_parent[p][1])) for p in parent_ids]
+    for round_ in range(max(len(b) for _, b in batches)):
+        checks = {p: b[round_] for p, b in batches if round_ < len(b)}
+        rows = [{"id": p, "batch": b} for p, b in checks.items()]
+        woke_rows = await tx.fetchall(
+            "wake_if_settled", {"rows": dumps(rows), "now": now, "waiting": WAITING}
+        )
+        for woke in sorted(woke_rows, key=lambda row: row["id"]):
+            woken.append(woke["id"])
+            events.add(
+                woke["id"],
+                woke["event_seq"],
+                "resumed",
+                now,
+                reason="children settled",
+                batch=checks[woke["id"]],
+            )
     await events.flush(tx)
     if woken:
         tx.notify(CHANNEL_WORK)
@@ -486,12 +611,12 @@ async def _insert_steps(tx: Tx, steps: Sequence[StepRecord], now: float) -> None
     token id is taken."""
     if not steps:
         return
-    rows = await tx.fetch_batch("insert_steps", [_step_params(step, now) for step in steps])
-    if len(rows) == len(steps):
+    params = [_step_params(step, now) for step in steps]
+    inserted = await tx.execute_batch("insert_steps_counted", params)
+    if inserted == len(steps):
         return
-    inserted = {(row["run_id"], row["position"]) for row in rows}
     for step in steps:
-        if (step.run_id, step.position) in inserted or step.token_id is None:
+        if step.token_id is None:
             continue
         owner = await tx.fetchone("get_token", {"token_id": step.token_id})
         if owner is not None and owner["run_id"] != step.run_id:

@@ -47,14 +47,13 @@ _STOPS_SUBTREE = frozenset(
 
 
 def _settled_result(
-    status: RunStatus, output_json: str | None, error: ErrorInfo | None
-) -> dict[str, Any]:
-    """A child's settled result as its parent's waitpoint records it."""
-    return {
-        "status": status.value,
-        "output": None if output_json is None else json.loads(output_json),
-        "error": None if error is None else error.to_json(),
-    }
+    run_id: str, status: RunStatus, output_json: str | None, error: ErrorInfo | None
+) -> tuple[str, str, str]:
+    """A child's settled result as its parent's waitpoint records it: (run id, status, JSON
+    text). The output is already JSON text: spliced in, not parsed and serialized again."""
+    error_json = "null" if error is None else dumps(error.to_json())
+    result = f'{{"status":"{status.value}","output":{output_json or "null"},"error":{error_json}}}'
+    return run_id, status.value, result
 
 
 def _attempt_key(run_id: str, attempt: int) -> str:
@@ -335,7 +334,7 @@ class Storage(StepStore, QueueStore):
         applied = [False] * len(outcomes)
         events = EventLog()
         finished: list[str] = []
-        settled: list[tuple[str, dict[str, Any]]] = []
+        settled: list[tuple[str, str, str]] = []
         work = False
         # Run-id order, as extend_leases locks rows, so this batch and a concurrent heartbeat
         # of the same worker cannot deadlock (PostgreSQL row locks).
@@ -386,7 +385,7 @@ class Storage(StepStore, QueueStore):
                 applied[idx] = True
                 if not retrying and row["parent_id"] is not None:
                     settled.append(
-                        (out.run_id, _settled_result(out.status, out.output_json, out.error))
+                        _settled_result(out.run_id, out.status, out.output_json, out.error)
                     )
                 first = row["event_seq"] - len(new_events) + 1
                 if out.status is RunStatus.COMPLETED:  # the usual outcome: JSON made directly
@@ -503,8 +502,8 @@ class Storage(StepStore, QueueStore):
             )
             await events.flush(tx)
             if row["parent_id"] is not None:
-                result = _settled_result(RunStatus.CANCELLED, None, error)
-                await settle_child_waits(tx, [(run_id, result)], now)
+                result = _settled_result(run_id, RunStatus.CANCELLED, None, error)
+                await settle_child_waits(tx, [result], now)
             await cancel_descendants(tx, [run_id], now, f"an ancestor run was cancelled: {reason}")
             tx.notify(CHANNEL_CANCEL, run_id)
             tx.notify(CHANNEL_FINISHED, run_id)
@@ -573,8 +572,8 @@ class Storage(StepStore, QueueStore):
                     )
                     tx.notify(CHANNEL_FINISHED, row["id"])
                     if updated["parent_id"] is not None:
-                        result = _settled_result(RunStatus.FAILED, None, error)
-                        await settle_child_waits(tx, [(row["id"], result)], now)
+                        result = _settled_result(row["id"], RunStatus.FAILED, None, error)
+                        await settle_child_waits(tx, [result], now)
                     await cancel_descendants(
                         tx, [row["id"]], now, "the parent run failed: its worker was lost"
                     )
@@ -621,8 +620,8 @@ class Storage(StepStore, QueueStore):
                 )
                 tx.notify(CHANNEL_FINISHED, row["id"])
                 if updated["parent_id"] is not None:
-                    result = _settled_result(RunStatus.EXPIRED, None, error)
-                    await settle_child_waits(tx, [(row["id"], result)], now)
+                    result = _settled_result(row["id"], RunStatus.EXPIRED, None, error)
+                    await settle_child_waits(tx, [result], now)
             await events.flush(tx)
         return expired
 

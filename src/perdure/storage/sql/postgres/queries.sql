@@ -397,6 +397,12 @@ SELECT id, seq_before FROM fenced;
 -- name: load_steps
 SELECT * FROM perdure_steps WHERE run_id = %(run_id)s ORDER BY position;
 
+-- name: load_steps_of
+-- The records of several runs at once (`run_ids`: the resumed runs of one claim).
+SELECT * FROM perdure_steps
+WHERE run_id = ANY(%(run_ids)s::text[])
+ORDER BY run_id, position;
+
 -- name: insert_step
 INSERT INTO perdure_steps (run_id, position, kind, name, status, output, error, wake_at,
                            token_id, child_run_id, batch, attempt, created_at, completed_at)
@@ -420,6 +426,20 @@ FROM json_to_recordset(%(rows)s::json) AS s(
 ON CONFLICT DO NOTHING
 RETURNING run_id, position;
 
+-- name: insert_steps_counted
+-- Several records at once (a parent's children); the caller compares the row count
+-- (no RETURNING: SQLite runs it with executemany).
+INSERT INTO perdure_steps (run_id, position, kind, name, status, output, error, wake_at,
+                           token_id, child_run_id, batch, attempt, created_at, completed_at)
+SELECT s.run_id, s.position, s.kind, s.name, s.status, s.output, s.error, s.wake_at,
+       s.token_id, s.child_run_id, s.batch, s.attempt, s.now, s.completed_at
+FROM json_to_recordset(%(rows)s::json) AS s(
+    run_id text, position integer, kind text, name text, status text, output text,
+    error text, wake_at double precision, token_id text, child_run_id text, batch integer,
+    attempt integer, now double precision, completed_at double precision
+)
+ON CONFLICT DO NOTHING;
+
 -- name: lock_waitpoints
 -- Row locks (in position order) make suspend and a completion serialize: whichever commits
 -- second sees the other's write, so a completion racing the suspension still wakes the run.
@@ -435,10 +455,36 @@ SET status = %(status)s,
     lease_expires_at = NULL,
     available_at = %(available_at)s,
     updated_at = %(now)s,
-    event_seq = event_seq + 1
+    event_seq = event_seq + %(n_events)s
 WHERE id = %(id)s AND attempt = %(attempt)s AND lease_owner = %(worker_id)s
   AND status = 'running'
 RETURNING event_seq;
+
+-- name: suspend_runs
+-- Tree nodes of one group commit suspend (`rows`: a JSON array of {id, attempt, worker_id,
+-- status, n_events}), each fenced on its attempt as suspend_run. Rows are locked in id order
+-- first, by primary key, as finish_attempts does.
+WITH spawn AS (
+    SELECT * FROM json_to_recordset(%(rows)s::json) AS w(
+        id text, attempt integer, worker_id text, status text, n_events integer
+    )
+), fenced AS MATERIALIZED (
+    SELECT r.id FROM perdure_runs AS r
+    WHERE r.id = ANY(ARRAY(SELECT id FROM spawn))
+    ORDER BY r.id
+    FOR NO KEY UPDATE OF r
+)
+UPDATE perdure_runs AS r
+SET status = w.status,
+    lease_owner = NULL,
+    lease_expires_at = NULL,
+    available_at = NULL,
+    updated_at = %(now)s,
+    event_seq = r.event_seq + w.n_events
+FROM fenced JOIN spawn AS w ON w.id = fenced.id
+WHERE r.id = fenced.id AND r.attempt = w.attempt AND r.lease_owner = w.worker_id
+  AND r.status = 'running'
+RETURNING r.id, r.attempt, r.event_seq;
 
 -- name: complete_token
 -- A concurrent completion of the same token waits on the row, then finds it settled.
@@ -451,30 +497,53 @@ RETURNING run_id, position;
 SELECT * FROM perdure_steps WHERE token_id = %(token_id)s;
 
 -- name: settle_child_waits
--- Also locks the parent run before returning, so the wake_if_settled that follows takes its
--- snapshot only after any sibling settling concurrently has committed: of two siblings
+-- Settles a batch of children (`rows`: a JSON array of {child_run_id, output}). Also locks
+-- their parent runs, in id order, before returning, so the wake_if_settled that follows takes
+-- its snapshot only after any sibling settling concurrently has committed: of two siblings
 -- finishing at once, the second always sees the first one settled and wakes the parent.
-WITH settled AS (
-    UPDATE perdure_steps
-    SET status = 'completed', output = %(output)s, completed_at = %(now)s
-    WHERE child_run_id = %(child_run_id)s AND status = 'pending'
-    RETURNING run_id, batch
+-- `= ANY(ARRAY(…))` finds the waitpoints by index whatever the planner guesses of the tables.
+WITH child AS (
+    SELECT * FROM json_to_recordset(%(rows)s::json) AS c(child_run_id text, output text)
+), settled AS (
+    UPDATE perdure_steps AS s
+    SET status = 'completed', output = c.output, completed_at = %(now)s
+    FROM child AS c
+    WHERE s.child_run_id = ANY(ARRAY(SELECT child_run_id FROM child))
+      AND s.child_run_id IS NOT NULL AND s.child_run_id = c.child_run_id
+      AND s.status = 'pending'
+    RETURNING s.run_id, s.batch, s.child_run_id
 ), parents AS (
     SELECT r.id FROM perdure_runs AS r
-    WHERE r.id IN (SELECT run_id FROM settled)
+    WHERE r.id = ANY(ARRAY(SELECT run_id FROM settled))
     ORDER BY r.id
     FOR NO KEY UPDATE
 )
-SELECT s.run_id, s.batch FROM settled AS s JOIN parents AS p ON p.id = s.run_id;
+SELECT s.run_id, s.batch, s.child_run_id FROM settled AS s JOIN parents AS p ON p.id = s.run_id;
 
 -- name: wake_if_settled
--- Wake a suspended run once no waitpoint of the batch it waits on is pending.
-UPDATE perdure_runs
-SET available_at = %(now)s, updated_at = %(now)s, event_seq = event_seq + 1
-WHERE id = %(id)s AND status = ANY(%(waiting)s)
-  AND NOT EXISTS (SELECT 1 FROM perdure_steps
-                  WHERE run_id = %(id)s AND batch = %(batch)s AND status = 'pending')
-RETURNING event_seq;
+-- Wake suspended runs (`rows`: a JSON array of {id, batch}, one per run) once no waitpoint of
+-- the batch each waits on is pending.
+WITH wake AS (
+    SELECT * FROM json_to_recordset(%(rows)s::json) AS w(id text, batch integer)
+)
+UPDATE perdure_runs AS r
+SET available_at = %(now)s, updated_at = %(now)s, event_seq = r.event_seq + 1
+FROM wake AS w
+WHERE r.id = ANY(ARRAY(SELECT id FROM wake)) AND r.id = w.id
+  AND r.status = ANY(%(waiting)s)
+  AND NOT EXISTS (SELECT 1 FROM perdure_steps AS s
+                  WHERE s.run_id = w.id AND s.batch = w.batch AND s.status = 'pending')
+RETURNING r.id, r.event_seq;
+
+-- name: bump_event_seqs
+-- Reserve event numbers on several runs (`rows`: a JSON array of {id, n_events}, one per run).
+WITH bump AS (
+    SELECT * FROM json_to_recordset(%(rows)s::json) AS b(id text, n_events integer)
+)
+UPDATE perdure_runs AS r SET event_seq = r.event_seq + b.n_events
+FROM bump AS b
+WHERE r.id = ANY(ARRAY(SELECT id FROM bump)) AND r.id = b.id
+RETURNING r.id, r.event_seq;
 
 -- name: wake_run
 UPDATE perdure_runs

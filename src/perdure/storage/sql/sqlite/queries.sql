@@ -293,6 +293,12 @@ RETURNING id, event_seq - :n_events AS seq_before;
 -- name: load_steps
 SELECT * FROM perdure_steps WHERE run_id = :run_id ORDER BY position;
 
+-- name: load_steps_of
+-- The records of several runs at once (`run_ids`: the resumed runs of one claim).
+SELECT * FROM perdure_steps
+WHERE run_id IN (SELECT value FROM json_each(:run_ids))
+ORDER BY run_id, position;
+
 -- name: insert_step
 INSERT INTO perdure_steps (run_id, position, kind, name, status, output, error, wake_at,
                            token_id, child_run_id, batch, attempt, created_at, completed_at)
@@ -310,6 +316,15 @@ VALUES (:run_id, :position, :kind, :name, :status, :output, :error, :wake_at, :t
 ON CONFLICT DO NOTHING
 RETURNING run_id, position;
 
+-- name: insert_steps_counted
+-- Several records at once (a parent's children); the caller compares the row count
+-- (no RETURNING: SQLite runs it with executemany).
+INSERT INTO perdure_steps (run_id, position, kind, name, status, output, error, wake_at,
+                           token_id, child_run_id, batch, attempt, created_at, completed_at)
+VALUES (:run_id, :position, :kind, :name, :status, :output, :error, :wake_at, :token_id,
+        :child_run_id, :batch, :attempt, :now, :completed_at)
+ON CONFLICT DO NOTHING;
+
 -- name: lock_waitpoints
 -- PostgreSQL locks these rows (FOR UPDATE) so suspend and complete serialize on them.
 SELECT position, status FROM perdure_steps
@@ -322,9 +337,22 @@ SET status = :status,
     lease_expires_at = NULL,
     available_at = :available_at,
     updated_at = :now,
-    event_seq = event_seq + 1
+    event_seq = event_seq + :n_events
 WHERE id = :id AND attempt = :attempt AND lease_owner = :worker_id AND status = 'running'
 RETURNING event_seq;
+
+-- name: suspend_runs
+-- One tree node of a group commit suspends, fenced on its attempt as suspend_run (one row of
+-- a batch: PostgreSQL suspends them all in one statement).
+UPDATE perdure_runs
+SET status = :status,
+    lease_owner = NULL,
+    lease_expires_at = NULL,
+    available_at = NULL,
+    updated_at = :now,
+    event_seq = event_seq + :n_events
+WHERE id = :id AND attempt = :attempt AND lease_owner = :worker_id AND status = 'running'
+RETURNING id, attempt, event_seq;
 
 -- name: complete_token
 UPDATE perdure_steps
@@ -336,19 +364,33 @@ RETURNING run_id, position;
 SELECT * FROM perdure_steps WHERE token_id = :token_id;
 
 -- name: settle_child_waits
+-- Settles a batch of children (`rows`: a JSON array of {child_run_id, output}) at once.
 UPDATE perdure_steps
-SET status = 'completed', output = :output, completed_at = :now
-WHERE child_run_id = :child_run_id AND status = 'pending'
-RETURNING run_id, batch;
+SET status = 'completed', output = json_extract(c.value, '$.output'), completed_at = :now
+FROM json_each(:rows) AS c
+WHERE perdure_steps.child_run_id = json_extract(c.value, '$.child_run_id')
+  AND perdure_steps.status = 'pending'
+RETURNING run_id, batch, child_run_id;
 
 -- name: wake_if_settled
--- Wake a suspended run once no waitpoint of the batch it waits on is pending.
+-- Wake suspended runs (`rows`: a JSON array of {id, batch}, one per run) once no waitpoint of
+-- the batch each waits on is pending. Unary +: the status index would scan every waiting run.
 UPDATE perdure_runs
 SET available_at = :now, updated_at = :now, event_seq = event_seq + 1
-WHERE id = :id AND status IN (SELECT value FROM json_each(:waiting))
-  AND NOT EXISTS (SELECT 1 FROM perdure_steps
-                  WHERE run_id = :id AND batch = :batch AND status = 'pending')
-RETURNING event_seq;
+FROM json_each(:rows) AS w
+WHERE perdure_runs.id = json_extract(w.value, '$.id')
+  AND +perdure_runs.status IN (SELECT value FROM json_each(:waiting))
+  AND NOT EXISTS (SELECT 1 FROM perdure_steps AS s
+                  WHERE s.run_id = perdure_runs.id AND s.batch = json_extract(w.value, '$.batch')
+                    AND s.status = 'pending')
+RETURNING id, event_seq;
+
+-- name: bump_event_seqs
+-- Reserve event numbers on several runs (`rows`: a JSON array of {id, n_events}, one per run).
+UPDATE perdure_runs SET event_seq = event_seq + json_extract(b.value, '$.n_events')
+FROM json_each(:rows) AS b
+WHERE perdure_runs.id = json_extract(b.value, '$.id')
+RETURNING id, event_seq;
 
 -- name: wake_run
 UPDATE perdure_runs
