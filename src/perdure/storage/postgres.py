@@ -257,8 +257,13 @@ class PostgresTx(Tx):
     async def rollback(self) -> None:
         self._opening.clear()
         self._deferred.clear()
-        if self._conn is not None and self._open:
-            await _rollback_quietly(self._conn)
+        conn = self._conn
+        # Also when a batch that opened the transaction was cut short (e.g. cancelled at
+        # shutdown): BEGIN may have run on the server before the reply arrived.
+        if conn is not None and (
+            self._open or conn.info.transaction_status != TransactionStatus.IDLE
+        ):
+            await _rollback_quietly(conn)
         self._open = False
 
     async def release(self) -> None:
