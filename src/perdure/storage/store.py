@@ -236,7 +236,7 @@ class Storage(StepStore, QueueStore):
                 found, claimed = await tx.fetch_each(
                     [
                         ("find_queues", {"names": list(queues)}),
-                        ("claim_queue_open", {**params, "queue": queues[0]}),
+                        ("claim_queue", {**params, "queue": queues[0]}),
                     ]
                 )
                 settings = {row["name"]: row_to_queue(row) for row in found}

@@ -115,33 +115,8 @@ RETURNING r.*;
 -- name: claim_queue
 -- claim_runs for a single queue: with `queue = …` the claim index yields the due runs already
 -- in priority order, so the LIMIT stops the scan early instead of sorting every queued run.
-WITH due AS MATERIALIZED (
-    SELECT id FROM perdure_runs
-    WHERE available_at IS NOT NULL
-      AND available_at <= %(now)s
-      AND queue = %(queue)s
-      AND task_id = ANY(%(task_ids)s::text[])
-      AND (expires_at IS NULL OR expires_at > %(now)s OR started_at IS NOT NULL)
-    ORDER BY priority DESC, available_at, id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE perdure_runs AS r
-SET status = 'running',
-    attempt = r.attempt + 1,
-    lease_owner = %(worker_id)s,
-    lease_expires_at = %(now)s + %(lease)s,
-    available_at = NULL,
-    started_at = COALESCE(r.started_at, %(now)s),
-    updated_at = %(now)s,
-    event_seq = r.event_seq + 1
-FROM due
-WHERE r.id = due.id AND r.status = ANY(%(from_statuses)s::text[])
-RETURNING r.*;
-
--- name: claim_queue_open
--- claim_queue, sent in one round trip with find_queues before its answer is known: it
--- claims nothing from a paused queue or one whose limits need the locked count path.
+-- It claims nothing from a queue that is paused or has claim limits (those go through the
+-- locked, counted path), so it can be sent with find_queues before its answer is known.
 WITH due AS MATERIALIZED (
     SELECT id FROM perdure_runs
     WHERE available_at IS NOT NULL

@@ -89,32 +89,8 @@ RETURNING *;
 -- name: claim_queue
 -- claim_runs for a single queue: with `queue = …` the claim index yields the due runs already
 -- in priority order, so the LIMIT stops the scan early instead of sorting every queued run.
-UPDATE perdure_runs
-SET status = 'running',
-    attempt = attempt + 1,
-    lease_owner = :worker_id,
-    lease_expires_at = :now + :lease,
-    available_at = NULL,
-    started_at = COALESCE(started_at, :now),
-    updated_at = :now,
-    event_seq = event_seq + 1
-WHERE id IN (
-    SELECT id FROM perdure_runs
-    WHERE available_at IS NOT NULL
-      -- unary +: a range on available_at would make the planner skip-scan and sort it all
-      AND +available_at <= :now
-      AND queue = :queue
-      AND +task_id IN (SELECT value FROM json_each(:task_ids))
-      AND (expires_at IS NULL OR expires_at > :now OR started_at IS NOT NULL)
-    ORDER BY priority DESC, available_at, id
-    LIMIT :limit
-)
-AND status IN (SELECT value FROM json_each(:from_statuses))
-RETURNING *;
-
--- name: claim_queue_open
--- claim_queue, sent in one round trip with find_queues before its answer is known: it
--- claims nothing from a paused queue or one whose limits need the locked count path.
+-- It claims nothing from a queue that is paused or has claim limits (those go through the
+-- locked, counted path), so it can be sent with find_queues before its answer is known.
 UPDATE perdure_runs
 SET status = 'running',
     attempt = attempt + 1,
