@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 from perdure.core.clock import Clock
 from perdure.core.errors import StorageError
@@ -106,23 +107,32 @@ def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
         future.set_exception(exc)
 
 
+class _PerLoop(Protocol):
+    loop: asyncio.AbstractEventLoop
+
+
+L = TypeVar("L", bound=_PerLoop)
+
+
+def _of_loop(
+    registry: weakref.WeakKeyDictionary[Storage, L], storage: Storage, make: Callable[[], L]
+) -> L:
+    """`registry`'s batcher of `storage` on the running event loop (made on first use)."""
+    found = registry.get(storage)
+    if found is None or found.loop is not asyncio.get_running_loop():
+        found = registry[storage] = make()
+    return found
+
+
 _SPAWN_COMMITS: weakref.WeakKeyDictionary[Storage, SpawnCommits] = weakref.WeakKeyDictionary()
+_STEP_LOADS: weakref.WeakKeyDictionary[Storage, StepLoads] = weakref.WeakKeyDictionary()
 
 
 def spawn_commits(storage: Storage) -> SpawnCommits:
     """The group committer of `storage` on the running event loop."""
-    commits = _SPAWN_COMMITS.get(storage)
-    if commits is None or commits.loop is not asyncio.get_running_loop():
-        commits = _SPAWN_COMMITS[storage] = SpawnCommits()
-    return commits
-
-
-_STEP_LOADS: weakref.WeakKeyDictionary[Storage, StepLoads] = weakref.WeakKeyDictionary()
+    return _of_loop(_SPAWN_COMMITS, storage, SpawnCommits)
 
 
 def step_loads(storage: Storage) -> StepLoads:
     """The batched reader of `storage` on the running event loop."""
-    loads = _STEP_LOADS.get(storage)
-    if loads is None or loads.loop is not asyncio.get_running_loop():
-        loads = _STEP_LOADS[storage] = StepLoads()
-    return loads
+    return _of_loop(_STEP_LOADS, storage, StepLoads)

@@ -25,11 +25,6 @@ class ConflictError(StorageError):
     changed nothing."""
 
 
-class ConnectionLostError(StorageError):
-    """The connection broke during a statement; whether an autocommit statement took effect
-    is unknown."""
-
-
 class Tx(ABC):
     """One transaction: run named queries, queue notifications sent on commit."""
 

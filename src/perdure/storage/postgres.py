@@ -41,7 +41,6 @@ from perdure.storage.database import (
     CHANNEL_FINISHED,
     CHANNEL_WORK,
     ConflictError,
-    ConnectionLostError,
     Database,
     Params,
     Row,
@@ -160,7 +159,7 @@ class PostgresTx(Tx):
                     await self.release()
                     continue
                 names = ", ".join(dict.fromkeys(repr(name) for name, _, _ in batch[-8:]))
-                raise _error(f"PostgreSQL query {names} failed: {exc}", exc, conn) from exc
+                raise _error(f"PostgreSQL query {names} failed: {exc}", exc) from exc
             break
         else:
             raise StorageError(
@@ -181,7 +180,7 @@ class PostgresTx(Tx):
         try:
             return [] if cur.description is None else await cur.fetchall()
         except psycopg.Error as exc:
-            raise _error(f"PostgreSQL query {name!r} failed: {exc}", exc, self._conn) from exc
+            raise _error(f"PostgreSQL query {name!r} failed: {exc}", exc) from exc
 
     async def execute(self, name: str, params: Params) -> int:
         return (await self._one(name, params)).rowcount
@@ -208,7 +207,7 @@ class PostgresTx(Tx):
         try:
             return await cur.fetchall()
         except psycopg.Error as exc:
-            raise _error(f"PostgreSQL query {name!r} failed: {exc}", exc, self._conn) from exc
+            raise _error(f"PostgreSQL query {name!r} failed: {exc}", exc) from exc
 
     async def fetch_each(self, statements: Sequence[tuple[str, Params]]) -> list[list[Row]]:
         cursors = await self._send([(n, self._sql(n), _adapt(p)) for n, p in statements])
@@ -494,13 +493,11 @@ class PostgresDatabase(Database):
             log.exception("a notification listener failed")
 
 
-def _error(message: str, exc: psycopg.Error, conn: Connection | None) -> StorageError:
-    """The StorageError for a failed statement: a unique violation (nothing was written) and
-    a lost connection (an autocommit write may have committed) have their own types."""
+def _error(message: str, exc: psycopg.Error) -> StorageError:
+    """The StorageError for a failed statement; a unique violation (nothing was written) is a
+    ConflictError."""
     if isinstance(exc, psycopg.errors.UniqueViolation):
         return ConflictError(message)
-    if conn is not None and conn.broken:
-        return ConnectionLostError(message)
     return StorageError(message)
 
 

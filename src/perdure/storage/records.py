@@ -20,13 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from perdure.core.errors import StorageError
-from perdure.storage.database import ConflictError, ConnectionLostError, Database
+from perdure.storage.database import ConflictError, Database
 
 #: Runs per statement; more wait for the next one.
 MAX_BATCH = 256
-#: Statements retried on a connection that turned out broken: after a server restart every
-#: pooled connection is (the pool holds at most `max_size`, 10 by default).
-MAX_RECONNECTS = 12
 
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -78,7 +75,7 @@ class GroupCommit:
             # and go together in the next statement, written by the drain task.
             self._busy, self._loop = True, loop
             try:
-                return records.fence["id"] in await self._write_retrying([records])
+                return records.fence["id"] in await self._write([records])
             finally:
                 if self._pending:
                     self._writer = loop.create_task(self._drain(), name="perdure-step-records")
@@ -86,7 +83,7 @@ class GroupCommit:
                     self._busy = False
         if self._loop is not loop:
             # Another event loop is writing (a storage shared across loops): no batching.
-            return records.fence["id"] in await self._write_retrying([records])
+            return records.fence["id"] in await self._write([records])
         done: asyncio.Future[bool] = loop.create_future()
         records.waiters.append(done)
         self._pending.append(records)
@@ -100,7 +97,7 @@ class GroupCommit:
             while self._pending:
                 batch = self._take()
                 try:
-                    fenced = await self._write_retrying(batch)
+                    fenced = await self._write(batch)
                 except Exception as exc:
                     for records in batch:
                         _settle(records, exc)
@@ -132,17 +129,6 @@ class GroupCommit:
                 rest.append(records)
         self._pending = rest
         return list(by_run.values())
-
-    async def _write_retrying(self, batch: Sequence[Records]) -> set[str]:
-        for _ in range(MAX_RECONNECTS):
-            try:
-                return await self._write(batch)
-            except ConnectionLostError:
-                # The pool discards the broken connection; the next one is tried. Had the
-                # statement committed after all, its retry finds the positions taken
-                # (ConflictError) and the caller's fallback recognises its own records.
-                continue
-        return await self._write(batch)
 
     async def _write(self, batch: Sequence[Records]) -> set[str]:
         """Write a batch (one entry per run); returns the ids of the runs that were fenced."""

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from perdure.core.errors import StorageError
-from perdure.storage.database import Database, Listener, Params, Row, Tx
+from perdure.storage.database import ConflictError, Database, Listener, Params, Row, Tx
 from perdure.storage.queries import load_queries
 from perdure.storage.wake import Notifications, SocketWake
 
@@ -50,6 +50,17 @@ def _rows(cursor: sqlite3.Cursor) -> list[Row]:
     return [dict(zip(names, row, strict=True)) for row in rows]
 
 
+_UNIQUE = {"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"}
+
+
+def _error(name: str, exc: sqlite3.Error) -> StorageError:
+    """A failed statement's error; a unique violation (nothing was written) is a
+    ConflictError, as on PostgreSQL."""
+    message = f"SQLite query {name!r} failed: {exc}"
+    unique = getattr(exc, "sqlite_errorname", None) in _UNIQUE
+    return ConflictError(message) if unique else StorageError(message)
+
+
 class SQLiteTx(Tx):
     def __init__(self, conn: sqlite3.Connection, queries: dict[str, str]) -> None:
         super().__init__()
@@ -63,13 +74,13 @@ class SQLiteTx(Tx):
         try:
             return _rows(self._conn.execute(self._sql(name), _adapt(params)))
         except sqlite3.Error as exc:
-            raise StorageError(f"SQLite query {name!r} failed: {exc}") from exc
+            raise _error(name, exc) from exc
 
     async def execute(self, name: str, params: Params) -> int:
         try:
             return self._conn.execute(self._sql(name), _adapt(params)).rowcount
         except sqlite3.Error as exc:
-            raise StorageError(f"SQLite query {name!r} failed: {exc}") from exc
+            raise _error(name, exc) from exc
 
     async def executemany(self, name: str, params: Sequence[Params]) -> None:
         if not params:
@@ -77,7 +88,7 @@ class SQLiteTx(Tx):
         try:
             self._conn.executemany(self._sql(name), [_adapt(p) for p in params])
         except sqlite3.Error as exc:
-            raise StorageError(f"SQLite query {name!r} failed: {exc}") from exc
+            raise _error(name, exc) from exc
 
     async def execute_batch(
         self, name: str, rows: Sequence[Params], shared: Params | None = None
@@ -91,7 +102,7 @@ class SQLiteTx(Tx):
                 self._sql(name), rows if common is None else [{**common, **row} for row in rows]
             )
         except sqlite3.Error as exc:
-            raise StorageError(f"SQLite query {name!r} failed: {exc}") from exc
+            raise _error(name, exc) from exc
         return cursor.rowcount
 
     async def fetch_batch(
@@ -104,7 +115,7 @@ class SQLiteTx(Tx):
             for row in rows:
                 found += _rows(self._conn.execute(query, {**common, **row}))
         except sqlite3.Error as exc:
-            raise StorageError(f"SQLite query {name!r} failed: {exc}") from exc
+            raise _error(name, exc) from exc
         return found
 
 

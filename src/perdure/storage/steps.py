@@ -476,15 +476,15 @@ async def _insert_records(
     statement each (one round trip each on PostgreSQL)."""
     await _insert_steps(tx, steps, now)
     if children:
-        inserted = await tx.execute_batch(
-            "insert_runs", [run_insert_params(child, now) for child in children]
-        )
-        if inserted != len(children):
-            raise StorageError(
-                f"{len(children) - inserted} of {len(children)} child runs of run(s) "
-                f"{', '.join(sorted(set(parent_ids)))} could not be inserted (an id or "
-                "idempotency key is taken); nothing was stored"
+        try:
+            await tx.execute_batch(
+                "insert_runs", [run_insert_params(child, now) for child in children]
             )
+        except ConflictError as exc:
+            raise StorageError(
+                f"child runs of run(s) {', '.join(sorted(set(parent_ids)))} could not be "
+                f"inserted (an id or idempotency key is taken); nothing was stored: {exc}"
+            ) from exc
         # Children of one parent share their `created` event's data: serialize it once.
         by_kind: dict[tuple[str, str, str], str] = {}
         for parent_id, child in zip(parent_ids, children, strict=True):

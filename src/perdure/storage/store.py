@@ -168,7 +168,7 @@ class Storage(StepStore, QueueStore):
                 results.append((self._fresh_run(new, now, created_at, params), True))
             # Fresh ids: a clash would fail the transaction, so nothing reads the result and
             # on PostgreSQL the insert travels with the events and COMMIT (one round trip).
-            await tx.defer_batch("insert_new_runs", plain)
+            await tx.defer_batch("insert_runs", plain)
             await events.flush(tx)
             if any(created for _, created in results):
                 tx.notify(CHANNEL_WORK)

@@ -24,28 +24,9 @@ ON CONFLICT DO NOTHING
 RETURNING id;
 
 -- name: insert_runs
--- Runs without an idempotency key, all at once; store.py checks every row was inserted.
-INSERT INTO perdure_runs (
-    id, task_id, queue, status, priority, input, attempt, max_attempts, timeout, version,
-    available_at, expires_at, idempotency_key, idempotency_expires_at, concurrency_key,
-    tags, metadata, parent_id, root_id, event_seq, created_at, updated_at
-)
-SELECT n.id, n.task_id, n.queue, n.status, n.priority, n.input, 0, n.max_attempts, n.timeout,
-       n.version, n.available_at, n.expires_at, n.idempotency_key, n.idempotency_expires_at,
-       n.concurrency_key, n.tags, n.metadata, n.parent_id, n.root_id, 1, n.now, n.now
-FROM json_to_recordset(%(rows)s::json) AS n(
-    id text, task_id text, queue text, status text, priority integer, input text,
-    max_attempts integer, timeout double precision, version text,
-    available_at double precision, expires_at double precision, idempotency_key text,
-    idempotency_expires_at double precision, concurrency_key text, tags text, metadata text,
-    parent_id text, root_id text, now double precision
-)
-ON CONFLICT DO NOTHING;
-
--- name: insert_new_runs
--- insert_runs for runs with fresh ids and no idempotency key: nothing can conflict, and
--- a conflict would fail the statement (and its transaction) rather than skip a row, so
--- no row count needs checking and the statement can travel with COMMIT.
+-- Runs without an idempotency key, all at once. Their ids are fresh: a clash fails the
+-- statement and its transaction (ConflictError), so no row count needs checking and
+-- the statement may travel with COMMIT.
 INSERT INTO perdure_runs (
     id, task_id, queue, status, priority, input, attempt, max_attempts, timeout, version,
     available_at, expires_at, idempotency_key, idempotency_expires_at, concurrency_key,

@@ -18,22 +18,9 @@ ON CONFLICT DO NOTHING
 RETURNING id;
 
 -- name: insert_runs
--- Runs without an idempotency key, all at once; store.py checks every row was inserted.
-INSERT INTO perdure_runs (
-    id, task_id, queue, status, priority, input, attempt, max_attempts, timeout, version,
-    available_at, expires_at, idempotency_key, idempotency_expires_at, concurrency_key,
-    tags, metadata, parent_id, root_id, event_seq, created_at, updated_at
-) VALUES (
-    :id, :task_id, :queue, :status, :priority, :input, 0, :max_attempts, :timeout, :version,
-    :available_at, :expires_at, :idempotency_key, :idempotency_expires_at, :concurrency_key,
-    :tags, :metadata, :parent_id, :root_id, 1, :now, :now
-)
-ON CONFLICT DO NOTHING;
-
--- name: insert_new_runs
--- insert_runs for runs with fresh ids and no idempotency key: nothing can conflict, and
--- a conflict would fail the statement (and its transaction) rather than skip a row, so
--- no row count needs checking and the statement can travel with COMMIT.
+-- Runs without an idempotency key, all at once. Their ids are fresh: a clash fails the
+-- statement and its transaction (ConflictError), so no row count needs checking and
+-- the statement may travel with COMMIT.
 INSERT INTO perdure_runs (
     id, task_id, queue, status, priority, input, attempt, max_attempts, timeout, version,
     available_at, expires_at, idempotency_key, idempotency_expires_at, concurrency_key,
