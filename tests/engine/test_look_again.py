@@ -40,8 +40,18 @@ def hear_only_look_again(engine: Engine, storage: Storage, channel: str) -> asyn
 
 
 async def test_an_empty_cancel_notification_stops_the_cancelled_attempt_at_once(
-    make_engine: MakeEngine, backend_url: str
+    make_engine: MakeEngine, backend_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The heartbeat's first check runs when the worker starts, on its own thread: it must be
+    # over before the cancel, or it (not the look-again) finds the cancelled run.
+    beaten = threading.Event()
+    beat = Heartbeat._beat  # pyright: ignore[reportPrivateUsage]
+
+    async def beat_and_tell(self: Heartbeat, storage: Storage) -> None:
+        await beat(self, storage)
+        beaten.set()
+
+    monkeypatch.setattr(Heartbeat, "_beat", beat_and_tell)
     worker = make_engine(**SLOW)
     started = asyncio.Event()
     stopped = asyncio.Event()
@@ -68,6 +78,7 @@ async def test_an_empty_cancel_notification_stops_the_cancelled_attempt_at_once(
         other = await bystander.trigger(None)
         await asyncio.wait_for(started.wait(), 10)
         await wait_for_status(worker, other.id, RunStatus.RUNNING)
+        await wait_until(beaten.is_set, what="the heartbeat's first check")
 
         assert (await canceller.cancel(handle.id)).status is RunStatus.CANCELLED
         await asyncio.wait_for(dropped.wait(), 10)  # the notification naming the run: missed
