@@ -12,6 +12,8 @@ import sys
 
 from bench_tasks import make_engine
 
+from perdure.cli.main import freeze_startup_heap
+
 
 async def serve(url: str, concurrency: int, poll_interval: float | None) -> None:
     engine, _ = make_engine(url, concurrency=concurrency, poll_interval=poll_interval)
@@ -21,6 +23,7 @@ async def serve(url: str, concurrency: int, poll_interval: float | None) -> None
     if not await loop.run_in_executor(None, sys.stdin.readline):
         await engine.close()
         return
+    freeze_startup_heap()  # as `perdure worker` does before it starts claiming
     await engine.start()
     print("started", flush=True)
     await loop.run_in_executor(None, sys.stdin.readline)  # returns "" at end of file

@@ -8,6 +8,7 @@ a user can fix are one line on stderr (`error: …`), exit code 2 for bad input 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -185,6 +186,16 @@ class ContextFormatter(logging.Formatter):
         return f"{text} [{' '.join(context)}]" if context else text
 
 
+def freeze_startup_heap() -> None:
+    """Exempt what the worker process has built so far (modules, task definitions, their
+    schemas) from the garbage collector's full collections. It lives as long as the process,
+    yet a busy worker's full collections would walk all of it again and again (about a tenth
+    of its CPU on no-op runs). This process is perdure's own: an embedded engine leaves the
+    collector of its host process alone."""
+    gc.collect()
+    gc.freeze()
+
+
 async def _serve(engine: Engine) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -207,6 +218,7 @@ async def _serve(engine: Engine) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    freeze_startup_heap()
     try:
         await engine.run_worker(stop)
     finally:

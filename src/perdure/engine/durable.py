@@ -108,7 +108,10 @@ class Durable:
     """The replay state of one attempt; RunContext delegates its durable methods here."""
 
     def __init__(self, ctx: RunContext, run: Run, worker_id: str) -> None:
-        self.ctx = ctx
+        # A weak reference: the context owns this object, and a cycle between the two would
+        # leave every attempt's state for the cyclic garbage collector (a large share of a
+        # busy worker's CPU) instead of freeing it when the attempt ends.
+        self._ctx = weakref.ref(ctx)
         self.run = run
         self.fence = Fence(run.id, run.attempt, worker_id)
         self.position = 0
@@ -116,6 +119,13 @@ class Durable:
         #: A suspension of this attempt is being committed: from its commit on, the run is no
         #: longer `running`, which a lease check must not take for a lost lease.
         self.suspending = False
+
+    @property
+    def ctx(self) -> RunContext:
+        ctx = self._ctx()
+        if ctx is None:  # unreachable while a body runs: its context outlives the attempt
+            raise LeaseLost(f"run {self.run.id}: the attempt's context is gone")
+        return ctx
 
     @property
     def storage(self) -> Storage:

@@ -269,7 +269,8 @@ class Worker:
         self.active[run.id] = attempt
         with self._leases_lock:
             self._leases[run.id] = run.attempt
-        attempt.aio_task = asyncio.create_task(
+        # The loop's own create_task: asyncio.create_task looks the running loop up each time.
+        attempt.aio_task = self._loop.create_task(
             self._run_attempt(attempt), name=f"perdure-run-{run.id}"
         )
 
@@ -293,7 +294,9 @@ class Worker:
             else:
                 outcome = None
         except Suspend as exc:
-            suspend = exc
+            # Without its traceback: kept past this clause, it would hold this very frame
+            # (a cycle for the garbage collector) and every frame of the body.
+            suspend = exc.with_traceback(None)
             # Already suspended in the transaction that created its children: no write of
             # this attempt may follow, and a lease check must not report it lost.
             if exc.committed:
@@ -552,7 +555,7 @@ class Worker:
         future: asyncio.Future[bool] = self._loop.create_future()
         self._pending.append((outcome, future))
         if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
+            self._flusher = self._loop.create_task(self._flush())
         return await future
 
     async def _flush(self) -> None:
