@@ -8,6 +8,7 @@ the transaction or the query, one per turn of the event loop or per write under 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import weakref
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
@@ -37,7 +38,11 @@ class SpawnCommits:
         future: asyncio.Future[bool] = self.loop.create_future()
         self._pending.append((spawn, future))
         if self._flusher is None or self._flusher.done():
-            self._flusher = self.loop.create_task(self._flush(storage, clock))
+            # A context of its own: a copy of the first submitter's would keep that attempt's
+            # RunContext alive in the flusher (a reference cycle once the flusher ends).
+            self._flusher = self.loop.create_task(
+                self._flush(storage, clock), context=contextvars.Context()
+            )
         return await future
 
     async def _flush(self, storage: Storage, clock: Clock) -> None:
@@ -79,7 +84,7 @@ class StepLoads:
         future: asyncio.Future[list[StepRecord]] = self.loop.create_future()
         self._pending.setdefault(run_id, []).append(future)
         if self._reader is None or self._reader.done():
-            self._reader = self.loop.create_task(self._read(storage))
+            self._reader = self.loop.create_task(self._read(storage), context=contextvars.Context())
         return await future
 
     async def _read(self, storage: Storage) -> None:

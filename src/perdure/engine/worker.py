@@ -555,7 +555,8 @@ class Worker:
         future: asyncio.Future[bool] = self._loop.create_future()
         self._pending.append((outcome, future))
         if self._flusher is None or self._flusher.done():
-            self._flusher = self._loop.create_task(self._flush())
+            # A context of its own, not the submitting attempt's (see groups.SpawnCommits).
+            self._flusher = self._loop.create_task(self._flush(), context=contextvars.Context())
         return await future
 
     async def _flush(self) -> None:

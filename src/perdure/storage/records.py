@@ -13,6 +13,7 @@ Progress and log events of a running attempt (no record) are written the same wa
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import copy
 import json
 from collections.abc import Sequence
@@ -78,7 +79,9 @@ class GroupCommit:
                 return records.fence["id"] in await self._write([records])
             finally:
                 if self._pending:
-                    self._writer = loop.create_task(self._drain(), name="perdure-step-records")
+                    self._writer = loop.create_task(
+                        self._drain(), name="perdure-step-records", context=contextvars.Context()
+                    )
                 else:
                     self._busy = False
         if self._loop is not loop:
