@@ -37,6 +37,25 @@ async def test_history_is_numbered_contiguously_from_1(engine: Engine) -> None:
     assert events[-1].data == {"status": "completed", "attempt": 3}
 
 
+async def test_attempt_started_records_the_attempt_and_its_worker(engine: Engine) -> None:
+    # PostgreSQL's claim statement writes this event itself; SQLite's claim leaves it to
+    # Python. Both must record the same thing.
+    seen: list[str] = []
+
+    @engine.task(id="job")
+    async def job(ctx: RunContext) -> None:
+        seen.append(ctx.worker_id)
+
+    async with engine:
+        handle = await job.trigger(None)
+        await handle.result(timeout=10)
+        events = await engine.events(handle.id)
+
+    [started] = [e for e in events if e.type == "attempt_started"]
+    assert started.seq == 2
+    assert started.data == {"status": "running", "attempt": 1, "worker_id": seen[0]}
+
+
 async def test_events_after_seq_returns_only_later_events(engine: Engine) -> None:
     @engine.task(id="job")
     async def job(ctx: RunContext) -> None:
