@@ -195,6 +195,34 @@ async def test_queue_depth_cap_rejects_the_trigger_past_it(make_engine: MakeEngi
     assert (info.waiting, info.limits.max_depth) == (100, 100)
 
 
+async def test_a_cap_set_later_by_another_engine_holds_at_once(
+    make_engine: MakeEngine, shared_url: str
+) -> None:
+    # On PostgreSQL, triggers into a queue without a cap take a one-statement path: it must
+    # see a cap another engine has set since, with nothing cached on this side.
+    engine = make_engine()
+    admin = make_engine(shared_url)
+
+    @engine.task(id="ingest", queue="inbox")
+    async def ingest(ctx: RunContext, n: int) -> int:
+        return n
+
+    @engine.task(id="other", queue="outbox")
+    async def other(ctx: RunContext, n: int) -> int:
+        return n
+
+    await ingest.batch_trigger([1, 2, 3])
+    await admin.set_queue_limits("inbox", max_depth=4)
+    with pytest.raises(BackpressureError) as full:
+        await ingest.batch_trigger([4, 5])
+    assert (full.value.queue, full.value.depth, full.value.cap) == ("inbox", 3, 4)
+    assert len((await engine.list_runs(task_id="ingest")).runs) == 3  # nothing stored
+    await ingest.trigger(4)  # up to the cap
+    await other.batch_trigger([6, 7])  # a queue without a cap still takes runs
+    assert len((await engine.list_runs(task_id="ingest")).runs) == 4
+    assert len((await engine.list_runs(task_id="other")).runs) == 2
+
+
 async def test_a_batch_that_would_pass_the_cap_is_rejected_whole(make_engine: MakeEngine) -> None:
     engine = make_engine()
     engine.queue("inbox", max_depth=5)

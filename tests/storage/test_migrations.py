@@ -18,10 +18,15 @@ DIALECTS = ("sqlite", "postgres")
 LATEST = max(version for version, _, _ in load_migrations("sqlite"))
 
 
+#: Statements one dialect alone has, used only where `Database.writes_in_one_statement`.
+ONE_STATEMENT_ONLY = {"create_runs_at_once"}
+
+
 def test_every_dialect_defines_the_same_query_names() -> None:
     names = {dialect: set(load_queries(dialect)) for dialect in DIALECTS}
 
-    assert names["sqlite"] == names["postgres"]
+    assert names["sqlite"] == names["postgres"] - ONE_STATEMENT_ONLY
+    assert names["postgres"] >= ONE_STATEMENT_ONLY
     assert {"claim_runs", "applied_migrations", "record_migration"} <= names["sqlite"]
 
 

@@ -81,6 +81,13 @@ class Tx(ABC):
         """Deliver after commit; dropped on rollback."""
         self.notifications.append((channel, payload))
 
+    def notifications_in_statement(self) -> dict[str, Any]:
+        """Parameters for a statement that sends this transaction's notifications itself
+        (PostgreSQL: `pg_notify(%(notify_channel)s, %(notify_payload)s)`), after which commit
+        sends none; call it after the last `notify`. Backends that deliver notifications on
+        commit by other means (SQLite) return no parameters."""
+        return {}
+
 
 class Database(ABC):
     dialect: str

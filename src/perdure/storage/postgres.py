@@ -113,6 +113,7 @@ class PostgresTx(Tx):
         self._opening: list[Statement] = list(opening)  # sent with the first batch
         self._deferred: list[Statement] = []
         self._open = False  # a transaction was begun on the server
+        self._notified = False  # a statement sent the notifications (no NOTIFY at commit)
 
     def _sql(self, name: str) -> LiteralString:
         try:
@@ -220,12 +221,19 @@ class PostgresTx(Tx):
         if rows:
             self._deferred.append((name, self._sql(name), _batch_params(rows, shared)))
 
+    def notifications_in_statement(self) -> dict[str, Any]:
+        self._notified = True
+        if not self.notifications:
+            return {"notify_channel": None, "notify_payload": None}
+        payload = encode_notifications(self._db.origin, self.notifications)
+        return {"notify_channel": self._db.channel, "notify_payload": payload}
+
     # --- ending ------------------------------------------------------------------------------
 
     async def commit(self) -> None:
         """COMMIT with whatever is still queued and the transaction's one NOTIFY."""
         tail: list[Statement] = []
-        if self.notifications:
+        if self.notifications and not self._notified:
             # One NOTIFY per transaction: NOTIFY serializes commits on a global lock.
             payload = encode_notifications(self._db.origin, self.notifications)
             tail.append(

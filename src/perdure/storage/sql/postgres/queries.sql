@@ -43,6 +43,47 @@ FROM json_to_recordset(%(rows)s::json) AS n(
     parent_id text, root_id text, now double precision
 );
 
+-- name: create_runs_at_once
+-- A trigger of runs without idempotency keys as ONE autocommit statement: the runs, their
+-- `created` events and the NOTIFY that wakes workers, in one round trip and no BEGIN/COMMIT.
+-- It writes nothing (inserted = 0) when one of `queues` has a depth cap (max_depth): the
+-- caller then takes the locked, counted path. The column lists are insert_runs' and
+-- insert_events' (one statement needs them together). Fresh ids: a clash fails it all.
+WITH capped AS (
+    SELECT 1 FROM perdure_queues
+    WHERE name = ANY(%(queues)s::text[]) AND max_depth IS NOT NULL
+), runs AS (
+    INSERT INTO perdure_runs (
+        id, task_id, queue, status, priority, input, attempt, max_attempts, timeout, version,
+        available_at, expires_at, idempotency_key, idempotency_expires_at, concurrency_key,
+        tags, metadata, parent_id, root_id, event_seq, created_at, updated_at
+    )
+    SELECT n.id, n.task_id, n.queue, n.status, n.priority, n.input, 0, n.max_attempts,
+           n.timeout, n.version, n.available_at, n.expires_at, n.idempotency_key,
+           n.idempotency_expires_at, n.concurrency_key, n.tags, n.metadata, n.parent_id,
+           n.root_id, 1, n.now, n.now
+    FROM json_to_recordset(%(rows)s::json) AS n(
+        id text, task_id text, queue text, status text, priority integer, input text,
+        max_attempts integer, timeout double precision, version text,
+        available_at double precision, expires_at double precision, idempotency_key text,
+        idempotency_expires_at double precision, concurrency_key text, tags text,
+        metadata text, parent_id text, root_id text, now double precision
+    )
+    WHERE NOT EXISTS (SELECT 1 FROM capped)
+    RETURNING 1
+), events AS (
+    INSERT INTO perdure_events (run_id, seq, type, at, data)
+    SELECT e.run_id, e.seq, e.type, e.at, e.data
+    FROM json_to_recordset(%(events)s::json) AS e(
+        run_id text, seq integer, type text, at double precision, data text
+    )
+    WHERE NOT EXISTS (SELECT 1 FROM capped)
+), notified AS (
+    SELECT pg_notify(%(notify_channel)s, %(notify_payload)s)
+    WHERE %(notify_channel)s::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM capped)
+)
+SELECT (SELECT count(*) FROM runs) AS inserted, (SELECT count(*) FROM notified) AS notified;
+
 -- name: insert_event
 INSERT INTO perdure_events (run_id, seq, type, at, data)
 VALUES (%(run_id)s, %(seq)s, %(type)s, %(at)s, %(data)s);
