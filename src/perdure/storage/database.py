@@ -126,9 +126,13 @@ class Database(ABC):
         """Reads that need no write lock."""
 
     @abstractmethod
-    def statement(self) -> AbstractAsyncContextManager[Tx]:
+    def statement(self, *, ordered_scans: bool = False) -> AbstractAsyncContextManager[Tx]:
         """For writes each made atomic by itself: PostgreSQL runs every statement in
-        autocommit (no BEGIN/COMMIT round trips); SQLite wraps the block in BEGIN IMMEDIATE."""
+        autocommit (no BEGIN/COMMIT round trips); SQLite wraps the block in BEGIN IMMEDIATE.
+
+        `ordered_scans`: plan the first batch as write transactions are planned (PostgreSQL:
+        no bitmap scans, see `postgres._BEGIN`), for statements that walk an index in order
+        up to a LIMIT, such as claims."""
 
     @abstractmethod
     def migration_transaction(self) -> AbstractAsyncContextManager[Tx]:

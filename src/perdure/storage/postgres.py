@@ -66,6 +66,11 @@ _BEGIN: tuple[Statement, ...] = (
     ("begin", "BEGIN ISOLATION LEVEL READ COMMITTED", None),
     ("begin", "SET LOCAL enable_bitmapscan = off", None),
 )
+#: The same planner for autocommit statements (`statement(ordered_scans=True)`): the setting
+#: holds until the implicit transaction of the pipeline it opens ends (SET LOCAL would warn).
+_ORDERED_SCANS: tuple[Statement, ...] = (
+    ("planner", "SELECT set_config('enable_bitmapscan', 'off', true)", None),
+)
 #: Backoff of the LISTEN connection's reconnect attempts, in seconds.
 RECONNECT_MIN_DELAY = 0.1
 RECONNECT_MAX_DELAY = 10.0
@@ -105,8 +110,11 @@ class PostgresTx(Tx):
     e.g. event rows) wait for the next statement or for COMMIT and travel with it. A claim or
     an outcome batch thus costs two round trips instead of five."""
 
-    def __init__(self, db: PostgresDatabase, opening: Sequence[Statement]) -> None:
+    def __init__(
+        self, db: PostgresDatabase, opening: Sequence[Statement], *, begins: bool = True
+    ) -> None:
         super().__init__()
+        self._begins = begins and bool(opening)  # `opening` begins a transaction
         self._db = db
         self._queries = db.queries
         self._conn: Connection | None = None
@@ -165,7 +173,7 @@ class PostgresTx(Tx):
                 f"PostgreSQL connections failed {self._db.max_size + 1} times in a row; "
                 f"is the server at {redact_url(self._db.url)} up?"
             )
-        self._open = self._open or bool(self._opening)
+        self._open = self._open or (self._begins and bool(self._opening))
         self._opening.clear()
         self._deferred.clear()
         return cursors[len(cursors) - len(tail) :] if tail else []
@@ -239,7 +247,7 @@ class PostgresTx(Tx):
             tail.append(
                 ("notify", "SELECT pg_notify(%(c)s, %(p)s)", {"c": self._db.channel, "p": payload})
             )
-        if not self._open and not self._opening and not self._deferred:
+        if not self._open and not (self._begins and self._opening) and not self._deferred:
             if tail:  # nothing was written: the notification alone, in autocommit
                 await self._send(tail)
             return
@@ -251,7 +259,7 @@ class PostgresTx(Tx):
                 "PostgreSQL transaction was aborted by an earlier failed statement and "
                 "has been rolled back; nothing was written"
             )
-        if self._open or self._opening:
+        if self._open or (self._begins and self._opening):
             tail.append(("commit", "COMMIT", None))
         try:
             await self._send(tail, replayable=False)
@@ -384,8 +392,10 @@ class PostgresDatabase(Database):
                 await pool.check()
 
     @asynccontextmanager
-    async def _transaction(self, opening: Sequence[Statement]) -> AsyncGenerator[Tx]:
-        tx = PostgresTx(self, opening)
+    async def _transaction(
+        self, opening: Sequence[Statement], *, begins: bool = True
+    ) -> AsyncGenerator[Tx]:
+        tx = PostgresTx(self, opening, begins=begins)
         try:
             try:
                 yield tx
@@ -405,11 +415,11 @@ class PostgresDatabase(Database):
         # BEGIN/COMMIT around reads would add two round trips and no consistency.
         return self._transaction(())
 
-    def statement(self) -> AbstractAsyncContextManager[Tx]:
+    def statement(self, *, ordered_scans: bool = False) -> AbstractAsyncContextManager[Tx]:
         # Autocommit: each write statement commits on its own, all of it or nothing. A first
         # statement found on a broken pooled connection is replayed on another (`_send`);
         # callers of write statements must recognise their own write (steps.py does).
-        return self._transaction(())
+        return self._transaction(_ORDERED_SCANS if ordered_scans else (), begins=False)
 
     def migration_transaction(self) -> AbstractAsyncContextManager[Tx]:
         # The advisory lock is held until COMMIT: migrators run one at a time, in any process.

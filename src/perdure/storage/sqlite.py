@@ -240,7 +240,7 @@ class SQLiteDatabase(Database):
     def reader(self) -> Any:
         return self._tx("BEGIN DEFERRED")
 
-    def statement(self) -> Any:
+    def statement(self, *, ordered_scans: bool = False) -> Any:
         return self._tx("BEGIN IMMEDIATE")
 
     def migration_transaction(self) -> Any:

@@ -245,35 +245,43 @@ class Storage(StepStore, QueueStore):
         """Claim up to `limit` due runs, highest priority first, leased to `worker_id`."""
         if limit <= 0 or not queues or not task_ids:
             return []
+        params: dict[str, Any] = {
+            "worker_id": worker_id,
+            "task_ids": list(task_ids),
+            "limit": limit,
+            "lease": lease,
+            "now": now,
+            "from_statuses": _CLAIM_SOURCES,
+        }
+        # The usual worker: one queue, last seen neither paused nor limited. Its claim goes
+        # out with the settings lookup, one round trip for both; the statement itself claims
+        # nothing if the queue has since been paused or limited.
+        speculate = len(queues) == 1 and queues[0] not in self._gated_queues
+        speculative = [
+            ("find_queues", {"names": list(queues)}),
+            ("claim_queue", {**params, "queue": queues[0]}),
+        ]
+        if speculate and self.db.writes_in_one_statement:
+            # PostgreSQL's claim_queue appends the events itself: it is the whole claim and
+            # commits by itself, one round trip without BEGIN/COMMIT. (A first batch found on
+            # a broken pooled connection is replayed on another: it had not run.)
+            async with self.db.statement(ordered_scans=True) as tx:
+                found, claimed = await tx.fetch_each(speculative)
+            _check_limit(claimed, limit)
+            self._note_gates(queues, found)
+            if claimed or not self._gated_queues.intersection(queues):
+                return [row_to_run(row) for row in claimed]
+            # Paused or limited since (claim_queue claimed nothing): the locked path below.
         events = EventLog()
         async with self.db.transaction() as tx:
-            params: dict[str, Any] = {
-                "worker_id": worker_id,
-                "task_ids": list(task_ids),
-                "limit": limit,
-                "lease": lease,
-                "now": now,
-                "from_statuses": _CLAIM_SOURCES,
-            }
-            speculate = len(queues) == 1 and queues[0] not in self._gated_queues
-            if speculate:
-                # The usual worker: one queue, last seen neither paused nor limited. Its claim
-                # goes out with the settings lookup, one round trip for both; the statement
-                # itself claims nothing if the queue has since been paused or limited.
-                found, claimed = await tx.fetch_each(
-                    [
-                        ("find_queues", {"names": list(queues)}),
-                        ("claim_queue", {**params, "queue": queues[0]}),
-                    ]
-                )
-                settings = {row["name"]: row_to_queue(row) for row in found}
+            claimed = []
+            if speculate and not self.db.writes_in_one_statement:
+                found, claimed = await tx.fetch_each(speculative)
+                _check_limit(claimed, limit)
+                _add_started(events, claimed, worker_id, now)
             else:
-                settings = await self.queue_limits(tx, queues)
-                claimed = []
-            self._gated_queues.difference_update(queues)
-            self._gated_queues.update(
-                name for name, lim in settings.items() if lim.paused or lim.limits_claims
-            )
+                found = await tx.fetchall("find_queues", {"names": list(queues)})
+            settings = self._note_gates(queues, found)
             remaining: Sequence[str] = queues
             if speculate and not self._gated_queues.intersection(queues):
                 settings, remaining = {}, ()  # claimed above: nothing more to do
@@ -286,39 +294,43 @@ class Storage(StepStore, QueueStore):
                     limited.append(limits)
                 else:
                     open_queues.append(limits.name)
-            rows: list[Row] = claimed
-            if len(rows) > limit:  # a planner re-evaluating LIMIT: never hand out more
-                raise StorageError(f"claim returned {len(rows)} rows for a limit of {limit}")
+            rows: list[Row] = list(claimed)
             # Limited queues first, each taking what its own limits allow: claimed after the
             # open queues, they would get no slot while an open queue has a backlog.
             for limits in sorted(limited, key=lambda q: q.name):
                 if len(rows) >= limit:
                     break
-                rows += await self.claim_limited(
+                taken = await self.claim_limited(
                     tx, worker_id, limits, task_ids, limit - len(rows), lease, now
                 )
+                _add_started(events, taken, worker_id, now)
+                rows += taken
             open_limit = limit - len(rows)
             if open_queues and open_limit > 0:
                 params["limit"] = open_limit
                 if len(open_queues) == 1:  # walks the claim index in order: no sort
                     opened = await tx.fetchall("claim_queue", {**params, "queue": open_queues[0]})
+                    if not self.db.writes_in_one_statement:  # else it wrote its events
+                        _add_started(events, opened, worker_id, now)
                 else:
                     opened = await tx.fetchall(
                         "claim_runs", {**params, "queues": sorted(open_queues)}
                     )
-                # Guard against a planner re-evaluating LIMIT: never hand out more than asked.
-                if len(opened) > open_limit:
-                    raise StorageError(
-                        f"claim returned {len(opened)} rows for a limit of {open_limit}"
-                    )
+                    _add_started(events, opened, worker_id, now)
+                _check_limit(opened, open_limit)
                 rows += opened
-            # The data `dumps` would write, without its cost per event.
-            tail = f',"worker_id":{dumps(worker_id)}}}'
-            for row in rows:
-                data = f'{{"status":"running","attempt":{int(row["attempt"])}{tail}'
-                events.add_json(row["id"], row["event_seq"], "attempt_started", now, data)
             await events.flush(tx)
         return [row_to_run(row) for row in rows]
+
+    def _note_gates(self, queues: Sequence[str], found: list[Row]) -> dict[str, QueueLimits]:
+        """Remember which of `queues` are paused or limited (their claims take the locked
+        path); returns the settings found, by queue name."""
+        settings = {row["name"]: row_to_queue(row) for row in found}
+        self._gated_queues.difference_update(queues)
+        self._gated_queues.update(
+            name for name, lim in settings.items() if lim.paused or lim.limits_claims
+        )
+        return settings
 
     async def extend_leases(
         self, worker_id: str, attempts: Sequence[tuple[str, int]], lease: float, now: float
@@ -758,3 +770,18 @@ class _CreatedData:
                 data["available_at"] = new.available_at
             found = self._by_kind[kind] = dumps(data)
         return found
+
+
+def _check_limit(rows: list[Row], limit: int) -> None:
+    # Guard against a planner re-evaluating LIMIT: never hand out more than asked.
+    if len(rows) > limit:
+        raise StorageError(f"claim returned {len(rows)} rows for a limit of {limit}")
+
+
+def _add_started(events: EventLog, rows: list[Row], worker_id: str, now: float) -> None:
+    """The `attempt_started` events of claimed runs, their JSON made directly (the text
+    PostgreSQL's claim_queue writes itself)."""
+    tail = f',"worker_id":{dumps(worker_id)}}}'
+    for row in rows:
+        data = f'{{"status":"running","attempt":{int(row["attempt"])}{tail}'
+        events.add_json(row["id"], row["event_seq"], "attempt_started", now, data)

@@ -139,6 +139,8 @@ RETURNING r.*;
 -- in priority order, so the LIMIT stops the scan early instead of sorting every queued run.
 -- It claims nothing from a queue that is paused or has claim limits (those go through the
 -- locked, counted path), so it can be sent with find_queues before its answer is known.
+-- Here (not on SQLite) it also appends each claimed run's `attempt_started` event, so the
+-- statement is the whole claim and needs no transaction around it.
 WITH due AS MATERIALIZED (
     SELECT id FROM perdure_runs
     WHERE available_at IS NOT NULL
@@ -154,19 +156,27 @@ WITH due AS MATERIALIZED (
     ORDER BY priority DESC, available_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE perdure_runs AS r
+    SET status = 'running',
+        attempt = r.attempt + 1,
+        lease_owner = %(worker_id)s,
+        lease_expires_at = %(now)s + %(lease)s,
+        available_at = NULL,
+        started_at = COALESCE(r.started_at, %(now)s),
+        updated_at = %(now)s,
+        event_seq = r.event_seq + 1
+    FROM due
+    WHERE r.id = due.id AND r.status = ANY(%(from_statuses)s::text[])
+    RETURNING r.*
+), started AS (
+    INSERT INTO perdure_events (run_id, seq, type, at, data)
+    SELECT c.id, c.event_seq, 'attempt_started', %(now)s,
+           '{"status":"running","attempt":' || c.attempt || ',"worker_id":'
+           || to_json(%(worker_id)s::text)::text || '}'
+    FROM claimed AS c
 )
-UPDATE perdure_runs AS r
-SET status = 'running',
-    attempt = r.attempt + 1,
-    lease_owner = %(worker_id)s,
-    lease_expires_at = %(now)s + %(lease)s,
-    available_at = NULL,
-    started_at = COALESCE(r.started_at, %(now)s),
-    updated_at = %(now)s,
-    event_seq = r.event_seq + 1
-FROM due
-WHERE r.id = due.id AND r.status = ANY(%(from_statuses)s::text[])
-RETURNING r.*;
+SELECT * FROM claimed;
 
 -- name: extend_leases
 -- Locks the rows in id order, so two multi-row writers locking in id order cannot deadlock.
