@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic_core import to_json
+
 from perdure.core.clock import to_datetime
 from perdure.core.errors import ErrorInfo, StorageError, WorkerLostError
 from perdure.core.limits import QueueLimits
@@ -195,7 +197,7 @@ class Storage(StepStore, QueueStore):
             tx.notify(CHANNEL_WORK)
             shared = {
                 "queues": sorted({new.queue for new in runs}),
-                "events": dumps(events.rows),
+                "events": to_json(events.rows).decode(),  # as batch rows are encoded
                 **tx.notifications_in_statement(),
             }
             [row] = await tx.fetch_batch("create_runs_at_once", rows, shared)
