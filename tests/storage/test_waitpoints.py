@@ -66,6 +66,29 @@ async def test_the_parent_wakes_only_when_every_child_settled(storage: Storage) 
     assert resumed.id == parent_id
 
 
+async def test_children_settle_their_parent_whether_or_not_their_outcome_names_it(
+    storage: Storage,
+) -> None:
+    # PostgreSQL commits a batch whose outcomes settle no parent in one statement, and leaves
+    # the runs that do to a transaction: an outcome that does not name its parent (as the
+    # factories' do not) must still settle it, in the same call.
+    parent_id, _ = await suspended_parent_with_children(storage, 2)
+    await create_one(storage, task_id="root")
+    first, second = await claim(storage, "w", task_ids=["child"], limit=2)
+    [root] = await claim(storage, "w", task_ids=["root"])
+    named = dataclasses.replace(completed(first), parent_id=parent_id)
+
+    unnamed = await storage.finish_attempts("w", [completed(root), completed(second)], T0 + 1)
+    assert (await get(storage, parent_id)).available_at is None  # one child left
+    assert await storage.finish_attempts("w", [named], T0 + 2) == [True]
+
+    assert unnamed == [True, True]
+    assert (await get(storage, root.id)).status is RunStatus.COMPLETED
+    assert (await get(storage, second.id)).status is RunStatus.COMPLETED
+    assert (await get(storage, parent_id)).available_at is not None  # both settled: woken
+    assert await event_types(storage, root.id) == ["created", "attempt_started", "completed"]
+
+
 async def test_siblings_finishing_at_once_still_wake_the_parent(
     storage: Storage, other_storage: Callable[[], AbstractAsyncContextManager[Storage]]
 ) -> None:

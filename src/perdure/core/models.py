@@ -124,6 +124,8 @@ class Outcome:
     output_json: str | None = None
     error: ErrorInfo | None = None
     retry_at: float | None = None
+    #: The run's parent (settled by this outcome unless it retries); None for a root run.
+    parent_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

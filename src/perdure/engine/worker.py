@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import logging
 import threading
@@ -355,6 +356,8 @@ class Worker:
                 outcome = None  # someone else owns the run now; our result must not land
             if outcome is not None:
                 attempt.finishing = True
+                if run.parent_id is not None:  # its commit settles the parent's wait
+                    outcome = dataclasses.replace(outcome, parent_id=run.parent_id)
                 applied = await self._submit(outcome)
                 if not applied:
                     log.warning(

@@ -28,6 +28,7 @@ from perdure.storage.database import (
     Database,
     Listener,
     Row,
+    Tx,
 )
 from perdure.storage.queries import load_migrations
 from perdure.storage.queues import QueueStore, row_to_queue
@@ -372,107 +373,62 @@ class Storage(StepStore, QueueStore):
         """Apply several attempts' outcomes in one transaction (group commit). Each is fenced
         on (run, attempt, lease owner, status running); `False` marks a stale outcome that
         changed nothing."""
+        batch = _Outcomes(outcomes, now, events_in_sql=self.db.writes_in_one_statement)
+        if not (self.db.writes_in_one_statement and all(map(_ends_alone, outcomes))):
+            return await self._finish_in_transaction(worker_id, batch, now)
+        # PostgreSQL, nothing to settle or cancel: the statement is the whole commit, in
+        # autocommit with its NOTIFY, one round trip. It applies only runs without a parent;
+        # the rest (stale, or a child reported as a root) go through the transaction.
+        async with self.db.statement(ordered_scans=True) as tx:
+            _notify_ends(tx, outcomes)
+            shared = {**batch.shared(worker_id, now), "roots_only": True}
+            shared.update(tx.notifications_in_statement())
+            returned = await tx.fetch_batch("finish_attempts", batch.rows, shared)
+        applied = batch.applied({(row["id"], row["attempt"]) for row in returned})
+        rest = [idx for idx, ok in enumerate(applied) if not ok]
+        if rest:
+            retried = _Outcomes([outcomes[i] for i in rest], now, events_in_sql=True)
+            again = await self._finish_in_transaction(worker_id, retried, now)
+            for idx, ok in zip(rest, again, strict=True):
+                applied[idx] = ok
+        return applied
+
+    async def _finish_in_transaction(
+        self, worker_id: str, batch: _Outcomes, now: float
+    ) -> list[bool]:
+        outcomes = batch.outcomes
         applied = [False] * len(outcomes)
         events = EventLog()
-        finished: list[str] = []
         settled: list[tuple[str, str, str]] = []
-        work = False
-        # Run-id order, as extend_leases locks rows, so this batch and a concurrent heartbeat
-        # of the same worker cannot deadlock (PostgreSQL row locks).
-        order = sorted(range(len(outcomes)), key=lambda k: outcomes[k].run_id)
-        outcome_events: dict[int, list[tuple[str, dict[str, Any]]]] = {}
-        rows: list[dict[str, Any]] = []
-        seen: set[tuple[str, int]] = set()
-        for idx in order:
-            out = outcomes[idx]
-            if not can_transition(RunStatus.RUNNING, out.status):
-                raise StorageError(f"an attempt cannot end in status {out.status.value!r}")
-            if (out.run_id, out.attempt) in seen:
-                # The same attempt twice: only its first outcome can apply, as if the two were
-                # applied one after the other (the second finds the run no longer running).
-                continue
-            seen.add((out.run_id, out.attempt))
-            retrying = out.status is RunStatus.RETRYING
-            error = None if out.error is None else out.error.to_json()
-            new_events = self._outcome_events(out, error)
-            outcome_events[idx] = new_events
-            rows.append(
-                {
-                    "id": out.run_id,
-                    "attempt": out.attempt,
-                    "status": out.status.value,
-                    "output": out.output_json,
-                    "error": None if error is None else dumps(error),
-                    "available_at": out.retry_at if retrying else None,
-                    "finished_at": None if retrying else now,
-                    "n_events": len(new_events),
-                    "failed": 1 if out.status in _FAILURES else 0,
-                }
-            )
+        ended: list[Outcome] = []
         async with self.db.transaction() as tx:
-            returned = await tx.fetch_batch(
-                "finish_attempts",
-                rows,
-                {"worker_id": worker_id, "now": now, "from_statuses": _RUNNING},
-            )
+            shared = {**batch.shared(worker_id, now), "roots_only": False}
+            shared.update(notify_channel=None, notify_payload=None)  # NOTIFY goes at COMMIT
+            returned = await tx.fetch_batch("finish_attempts", batch.rows, shared)
             changed = {(row["id"], row["attempt"]): row for row in returned}
-            for idx in order:
+            for idx in batch.order:
                 out = outcomes[idx]
                 row = changed.pop((out.run_id, out.attempt), None)
                 if row is None:  # stale, or a repeat of an outcome just applied
                     continue
-                new_events = outcome_events[idx]
-                retrying = out.status is RunStatus.RETRYING
                 applied[idx] = True
-                if not retrying and row["parent_id"] is not None:
+                ended.append(out)
+                if out.status is not RunStatus.RETRYING and row["parent_id"] is not None:
                     settled.append(
                         _settled_result(out.run_id, out.status, out.output_json, out.error)
                     )
-                first = row["event_seq"] - len(new_events) + 1
-                if out.status is RunStatus.COMPLETED:  # the usual outcome: JSON made directly
-                    data_json = f'{{"status":"completed","attempt":{int(out.attempt)}}}'
-                    events.add_json(out.run_id, first, "completed", now, data_json)
-                    new_events = ()
-                for i, (type_, data) in enumerate(new_events):
-                    events.add(out.run_id, first + i, type_, now, **data)
-                if retrying:
-                    work = True
-                else:
-                    finished.append(out.run_id)
+                if not batch.events_in_sql:
+                    new_events = batch.events[idx]
+                    first = row["event_seq"] - len(new_events) + 1
+                    for i, (type_, data) in enumerate(new_events):
+                        events.add_json(out.run_id, first + i, type_, now, data)
             await events.flush(tx)
             if settled:
                 await settle_child_waits(tx, settled, now)
-            ended_badly = [
-                out.run_id
-                for out, ok in zip(outcomes, applied, strict=True)
-                if ok and out.status in _STOPS_SUBTREE
-            ]
+            ended_badly = [out.run_id for out in ended if out.status in _STOPS_SUBTREE]
             await cancel_descendants(tx, ended_badly, now, "the parent run ended without success")
-            for run_id in finished:
-                tx.notify(CHANNEL_FINISHED, run_id)
-            if work:
-                tx.notify(CHANNEL_WORK)
+            _notify_ends(tx, ended)
         return applied
-
-    @staticmethod
-    def _outcome_events(
-        out: Outcome, error: dict[str, Any] | None
-    ) -> list[tuple[str, dict[str, Any]]]:
-        status = out.status.value
-        if out.status is RunStatus.COMPLETED:
-            return [("completed", {"status": status, "attempt": out.attempt})]
-        if out.status is RunStatus.CANCELLED:
-            return [("cancelled", {"status": status, "attempt": out.attempt, "error": error})]
-        failed = ("attempt_failed", {"attempt": out.attempt, "error": error})
-        if out.status is RunStatus.RETRYING:
-            return [
-                failed,
-                (
-                    "retry_scheduled",
-                    {"status": status, "attempt": out.attempt + 1, "retry_at": out.retry_at},
-                ),
-            ]
-        return [failed, (status, {"status": status, "attempt": out.attempt})]
 
     async def release_runs(
         self, worker_id: str, attempts: Sequence[tuple[str, int]], now: float
@@ -494,23 +450,38 @@ class Storage(StepStore, QueueStore):
             }
             for run_id, attempt in sorted(set(attempts))
         ]
+
+        def data(attempt: int) -> str:
+            return dumps({"status": "queued", "attempt": attempt, "worker_id": worker_id})
+
+        shared: dict[str, Any] = {
+            "worker_id": worker_id,
+            "now": now,
+            "from_statuses": _RUNNING,
+            "roots_only": False,
+            "notify_channel": None,
+            "notify_payload": None,
+        }
+        in_sql = self.db.writes_in_one_statement  # PostgreSQL's statement writes the events
+        if in_sql:
+            released_events = [
+                {
+                    "run_id": run_id,
+                    "attempt": attempt,
+                    "k": 1,
+                    "type": "lease_released",
+                    "data": data(attempt),
+                }
+                for run_id, attempt in sorted(set(attempts))
+            ]
+            shared["events"] = to_json(released_events).decode()
         async with self.db.transaction() as tx:
-            returned = await tx.fetch_batch(
-                "finish_attempts",
-                rows,
-                {"worker_id": worker_id, "now": now, "from_statuses": _RUNNING},
-            )
+            returned = await tx.fetch_batch("finish_attempts", rows, shared)
             released = len(returned)
             for row in sorted(returned, key=lambda r: r["id"]):
-                events.add(
-                    row["id"],
-                    row["event_seq"],
-                    "lease_released",
-                    now,
-                    status="queued",
-                    attempt=row["attempt"],
-                    worker_id=worker_id,
-                )
+                if not in_sql:
+                    event = data(row["attempt"])
+                    events.add_json(row["id"], row["event_seq"], "lease_released", now, event)
             await events.flush(tx)
             if released:
                 tx.notify(CHANNEL_WORK)
@@ -787,3 +758,106 @@ def _add_started(events: EventLog, rows: list[Row], worker_id: str, now: float) 
     for row in rows:
         data = f'{{"status":"running","attempt":{int(row["attempt"])}{tail}'
         events.add_json(row["id"], row["event_seq"], "attempt_started", now, data)
+
+
+class _Outcomes:
+    """A batch of outcomes as `finish_attempts` sends it: one row per attempt (a repeated
+    attempt once), in run-id order, and the events each appends."""
+
+    def __init__(self, outcomes: Sequence[Outcome], now: float, *, events_in_sql: bool) -> None:
+        self.outcomes = outcomes
+        self.events_in_sql = events_in_sql
+        # Run-id order, as extend_leases locks rows, so this batch and a concurrent heartbeat
+        # of the same worker cannot deadlock (PostgreSQL row locks).
+        self.order = sorted(range(len(outcomes)), key=lambda k: outcomes[k].run_id)
+        self.events: dict[int, list[tuple[str, str]]] = {}
+        self.rows: list[dict[str, Any]] = []
+        seen: set[tuple[str, int]] = set()
+        for idx in self.order:
+            out = outcomes[idx]
+            if not can_transition(RunStatus.RUNNING, out.status):
+                raise StorageError(f"an attempt cannot end in status {out.status.value!r}")
+            if (out.run_id, out.attempt) in seen:
+                # The same attempt twice: only its first outcome can apply, as if the two were
+                # applied one after the other (the second finds the run no longer running).
+                continue
+            seen.add((out.run_id, out.attempt))
+            retrying = out.status is RunStatus.RETRYING
+            error = None if out.error is None else out.error.to_json()
+            self.events[idx] = new_events = _outcome_events(out, error)
+            self.rows.append(
+                {
+                    "id": out.run_id,
+                    "attempt": out.attempt,
+                    "status": out.status.value,
+                    "output": out.output_json,
+                    "error": None if error is None else dumps(error),
+                    "available_at": out.retry_at if retrying else None,
+                    "finished_at": None if retrying else now,
+                    "n_events": len(new_events),
+                    "failed": 1 if out.status in _FAILURES else 0,
+                }
+            )
+
+    def shared(self, worker_id: str, now: float) -> dict[str, Any]:
+        """The batch statement's shared parameters (PostgreSQL: the events too)."""
+        shared: dict[str, Any] = {"worker_id": worker_id, "now": now, "from_statuses": _RUNNING}
+        if self.events_in_sql:
+            outcomes = self.outcomes
+            shared["events"] = to_json(
+                [
+                    {
+                        "run_id": outcomes[idx].run_id,
+                        "attempt": outcomes[idx].attempt,
+                        "k": k,
+                        "type": type_,
+                        "data": data,
+                    }
+                    for idx, new_events in self.events.items()
+                    for k, (type_, data) in enumerate(new_events, start=1)
+                ]
+            ).decode()
+        return shared
+
+    def applied(self, landed: set[tuple[str, int]]) -> list[bool]:
+        """Which outcomes landed, given the (run, attempt) keys the statement returned."""
+        applied = [False] * len(self.outcomes)
+        for idx in self.events:  # first outcomes of their attempt only
+            out = self.outcomes[idx]
+            applied[idx] = (out.run_id, out.attempt) in landed
+        return applied
+
+
+#: Outcomes whose commit needs nothing besides the run's own row and events: no parent to
+#: settle (a retry settles nothing) and no subtree to cancel.
+_ALONE = frozenset({RunStatus.COMPLETED, RunStatus.RETRYING})
+
+
+def _ends_alone(out: Outcome) -> bool:
+    return out.status in _ALONE and (out.parent_id is None or out.status is RunStatus.RETRYING)
+
+
+def _notify_ends(tx: Tx, outcomes: Sequence[Outcome]) -> None:
+    """`finished` for each run that ended, `work` once if any will be retried."""
+    work = False
+    for out in outcomes:
+        if out.status is RunStatus.RETRYING:
+            work = True
+        else:
+            tx.notify(CHANNEL_FINISHED, out.run_id)
+    if work:
+        tx.notify(CHANNEL_WORK)
+
+
+def _outcome_events(out: Outcome, error: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The events an outcome appends, as (type, data JSON)."""
+    status = out.status.value
+    if out.status is RunStatus.COMPLETED:  # the usual outcome: JSON made directly
+        return [("completed", f'{{"status":"completed","attempt":{int(out.attempt)}}}')]
+    if out.status is RunStatus.CANCELLED:
+        return [("cancelled", dumps({"status": status, "attempt": out.attempt, "error": error}))]
+    failed = ("attempt_failed", dumps({"attempt": out.attempt, "error": error}))
+    if out.status is RunStatus.RETRYING:
+        scheduled = {"status": status, "attempt": out.attempt + 1, "retry_at": out.retry_at}
+        return [failed, ("retry_scheduled", dumps(scheduled))]
+    return [failed, (status, dumps({"status": status, "attempt": out.attempt}))]

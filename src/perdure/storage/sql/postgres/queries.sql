@@ -210,6 +210,9 @@ WHERE r.lease_owner = %(worker_id)s AND r.status = 'running';
 -- (as extend_leases does), so concurrent multi-row writers cannot deadlock. The lock step
 -- finds them by primary key (`id = ANY(ARRAY(…))` keeps that plan even before the table was
 -- ever analyzed) and leaves the attempt and status checks to the UPDATE.
+-- Here (not on SQLite) it also appends the events of the outcomes it applied (`events`: each
+-- outcome's k-th event, numbered from the run's bumped counter), and sends the NOTIFY when
+-- `notify_channel` is set: for outcomes that settle no parent, it is the whole commit.
 WITH outcome AS (
     SELECT * FROM json_to_recordset(%(rows)s::json) AS o(
         id text, attempt integer, status text, output text, error text,
@@ -221,22 +224,37 @@ WITH outcome AS (
     WHERE r.id = ANY(ARRAY(SELECT o.id FROM outcome AS o)) AND r.lease_owner = %(worker_id)s
     ORDER BY r.id
     FOR NO KEY UPDATE OF r
+), finished AS (
+    UPDATE perdure_runs AS r
+    SET status = o.status,
+        output = o.output,
+        error = o.error,
+        lease_owner = NULL,
+        lease_expires_at = NULL,
+        available_at = o.available_at,
+        finished_at = o.finished_at,
+        updated_at = %(now)s,
+        failures = r.failures + o.failed,
+        event_seq = r.event_seq + o.n_events
+    FROM fenced JOIN outcome AS o ON o.id = fenced.id AND o.attempt = fenced.attempt
+    WHERE r.id = fenced.id AND r.attempt = fenced.attempt AND r.lease_owner = %(worker_id)s
+      AND r.status = ANY(%(from_statuses)s::text[])
+      -- `roots_only`: leave runs whose outcome settles a parent to the transaction path.
+      AND (NOT %(roots_only)s OR r.parent_id IS NULL OR o.status = 'retrying')
+    RETURNING r.id, r.attempt, r.event_seq, r.parent_id, o.n_events
+), events AS (
+    INSERT INTO perdure_events (run_id, seq, type, at, data)
+    SELECT f.id, f.event_seq - f.n_events + e.k, e.type, %(now)s, e.data
+    FROM finished AS f
+    JOIN json_to_recordset(%(events)s::json) AS e(
+        run_id text, attempt integer, k integer, type text, data text
+    ) ON e.run_id = f.id AND e.attempt = f.attempt
+), notified AS (
+    SELECT pg_notify(%(notify_channel)s, %(notify_payload)s)
+    WHERE %(notify_channel)s::text IS NOT NULL
 )
-UPDATE perdure_runs AS r
-SET status = o.status,
-    output = o.output,
-    error = o.error,
-    lease_owner = NULL,
-    lease_expires_at = NULL,
-    available_at = o.available_at,
-    finished_at = o.finished_at,
-    updated_at = %(now)s,
-    failures = r.failures + o.failed,
-    event_seq = r.event_seq + o.n_events
-FROM fenced JOIN outcome AS o ON o.id = fenced.id AND o.attempt = fenced.attempt
-WHERE r.id = fenced.id AND r.attempt = fenced.attempt AND r.lease_owner = %(worker_id)s
-  AND r.status = ANY(%(from_statuses)s::text[])
-RETURNING r.id, r.attempt, r.event_seq, r.parent_id;
+SELECT f.id, f.attempt, f.event_seq, f.parent_id, (SELECT count(*) FROM notified) AS notified
+FROM finished AS f;
 
 -- name: cancel_run
 UPDATE perdure_runs
