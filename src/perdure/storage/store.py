@@ -20,7 +20,7 @@ from perdure.core.clock import to_datetime
 from perdure.core.errors import ErrorInfo, StorageError, WorkerLostError
 from perdure.core.limits import QueueLimits
 from perdure.core.models import NewRun, Outcome, Run, RunEvent, RunPage, TaskInfo
-from perdure.core.statuses import RunStatus, can_transition, sources_of
+from perdure.core.statuses import RunStatus, sources_of
 from perdure.storage.database import (
     CHANNEL_CANCEL,
     CHANNEL_FINISHED,
@@ -28,35 +28,24 @@ from perdure.storage.database import (
     Database,
     Listener,
     Row,
-    Tx,
+)
+from perdure.storage.outcomes import (
+    RUNNING,
+    STOPS_SUBTREE,
+    OutcomeBatch,
+    ends_alone,
+    notify_ends,
+    settled_result,
 )
 from perdure.storage.queries import load_migrations
 from perdure.storage.queues import QueueStore, row_to_queue
 from perdure.storage.rows import dumps, loads_json, row_to_event, row_to_run, row_to_task
 from perdure.storage.steps import StepStore, cancel_descendants, settle_child_waits
-from perdure.storage.writes import EventLog, run_insert_params
+from perdure.storage.writes import CreatedData, EventLog, add_started_events, run_insert_params
 
 log = logging.getLogger("perdure.storage")
 
-_RUNNING = (RunStatus.RUNNING.value,)
 _CLAIM_SOURCES = sources_of(RunStatus.RUNNING)
-
-
-_FAILURES = frozenset({RunStatus.RETRYING, RunStatus.FAILED})
-#: Ending in one of these cancels the run's unfinished descendants.
-_STOPS_SUBTREE = frozenset(
-    {RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.CANCELLED, RunStatus.FINALIZE_FAILED}
-)
-
-
-def _settled_result(
-    run_id: str, status: RunStatus, output_json: str | None, error: ErrorInfo | None
-) -> tuple[str, str, str]:
-    """A child's settled result as its parent's waitpoint records it: (run id, status, JSON
-    text). The output is already JSON text: spliced in, not parsed and serialized again."""
-    error_json = "null" if error is None else dumps(error.to_json())
-    result = f'{{"status":"{status.value}","output":{output_json or "null"},"error":{error_json}}}'
-    return run_id, status.value, result
 
 
 def _attempt_key(run_id: str, attempt: int) -> str:
@@ -144,7 +133,7 @@ class Storage(StepStore, QueueStore):
         # Runs without an idempotency key cannot collide with anything: one batch statement
         # inserts them all; keyed runs take the per-row path that looks for a live duplicate.
         plain: list[dict[str, Any]] = []
-        created_data = _CreatedData()
+        created_data = CreatedData()
         created_at = datetime.fromtimestamp(now, UTC)
         async with self.db.transaction() as tx:
             await self.check_backpressure(tx, runs, now)
@@ -185,7 +174,7 @@ class Storage(StepStore, QueueStore):
         connection found broken, it is replayed on another; had the first run, the replay
         fails on its fresh run ids (ConflictError) and writes nothing twice."""
         created_at = datetime.fromtimestamp(now, UTC)
-        created_data = _CreatedData()
+        created_data = CreatedData()
         events = EventLog()
         rows: list[dict[str, Any]] = []
         results: list[tuple[Run, bool]] = []
@@ -281,7 +270,7 @@ class Storage(StepStore, QueueStore):
             if speculate and not self.db.writes_in_one_statement:
                 found, claimed = await tx.fetch_each(speculative)
                 _check_limit(claimed, limit)
-                _add_started(events, claimed, worker_id, now)
+                add_started_events(events, claimed, worker_id, now)
             else:
                 found = await tx.fetchall("find_queues", {"names": list(queues)})
             settings = self._note_gates(queues, found)
@@ -306,7 +295,7 @@ class Storage(StepStore, QueueStore):
                 taken = await self.claim_limited(
                     tx, worker_id, limits, task_ids, limit - len(rows), lease, now
                 )
-                _add_started(events, taken, worker_id, now)
+                add_started_events(events, taken, worker_id, now)
                 rows += taken
             open_limit = limit - len(rows)
             if open_queues and open_limit > 0:
@@ -314,12 +303,12 @@ class Storage(StepStore, QueueStore):
                 if len(open_queues) == 1:  # walks the claim index in order: no sort
                     opened = await tx.fetchall("claim_queue", {**params, "queue": open_queues[0]})
                     if not self.db.writes_in_one_statement:  # else it wrote its events
-                        _add_started(events, opened, worker_id, now)
+                        add_started_events(events, opened, worker_id, now)
                 else:
                     opened = await tx.fetchall(
                         "claim_runs", {**params, "queues": sorted(open_queues)}
                     )
-                    _add_started(events, opened, worker_id, now)
+                    add_started_events(events, opened, worker_id, now)
                 _check_limit(opened, open_limit)
                 rows += opened
             await events.flush(tx)
@@ -373,28 +362,28 @@ class Storage(StepStore, QueueStore):
         """Apply several attempts' outcomes in one transaction (group commit). Each is fenced
         on (run, attempt, lease owner, status running); `False` marks a stale outcome that
         changed nothing."""
-        batch = _Outcomes(outcomes, now, events_in_sql=self.db.writes_in_one_statement)
-        if not (self.db.writes_in_one_statement and all(map(_ends_alone, outcomes))):
+        batch = OutcomeBatch(outcomes, now, events_in_sql=self.db.writes_in_one_statement)
+        if not (self.db.writes_in_one_statement and all(map(ends_alone, outcomes))):
             return await self._finish_in_transaction(worker_id, batch, now)
         # PostgreSQL, nothing to settle or cancel: the statement is the whole commit, in
         # autocommit with its NOTIFY, one round trip. It applies only runs without a parent;
         # the rest (stale, or a child reported as a root) go through the transaction.
         async with self.db.statement(ordered_scans=True) as tx:
-            _notify_ends(tx, outcomes)
+            notify_ends(tx, outcomes)
             shared = {**batch.shared(worker_id, now), "roots_only": True}
             shared.update(tx.notifications_in_statement())
             returned = await tx.fetch_batch("finish_attempts", batch.rows, shared)
         applied = batch.applied({(row["id"], row["attempt"]) for row in returned})
         rest = [idx for idx, ok in enumerate(applied) if not ok]
         if rest:
-            retried = _Outcomes([outcomes[i] for i in rest], now, events_in_sql=True)
+            retried = OutcomeBatch([outcomes[i] for i in rest], now, events_in_sql=True)
             again = await self._finish_in_transaction(worker_id, retried, now)
             for idx, ok in zip(rest, again, strict=True):
                 applied[idx] = ok
         return applied
 
     async def _finish_in_transaction(
-        self, worker_id: str, batch: _Outcomes, now: float
+        self, worker_id: str, batch: OutcomeBatch, now: float
     ) -> list[bool]:
         outcomes = batch.outcomes
         applied = [False] * len(outcomes)
@@ -415,7 +404,7 @@ class Storage(StepStore, QueueStore):
                 ended.append(out)
                 if out.status is not RunStatus.RETRYING and row["parent_id"] is not None:
                     settled.append(
-                        _settled_result(out.run_id, out.status, out.output_json, out.error)
+                        settled_result(out.run_id, out.status, out.output_json, out.error)
                     )
                 if not batch.events_in_sql:
                     new_events = batch.events[idx]
@@ -425,9 +414,9 @@ class Storage(StepStore, QueueStore):
             await events.flush(tx)
             if settled:
                 await settle_child_waits(tx, settled, now)
-            ended_badly = [out.run_id for out in ended if out.status in _STOPS_SUBTREE]
+            ended_badly = [out.run_id for out in ended if out.status in STOPS_SUBTREE]
             await cancel_descendants(tx, ended_badly, now, "the parent run ended without success")
-            _notify_ends(tx, ended)
+            notify_ends(tx, ended)
         return applied
 
     async def release_runs(
@@ -457,7 +446,7 @@ class Storage(StepStore, QueueStore):
         shared: dict[str, Any] = {
             "worker_id": worker_id,
             "now": now,
-            "from_statuses": _RUNNING,
+            "from_statuses": RUNNING,
             "roots_only": False,
             "notify_channel": None,
             "notify_payload": None,
@@ -514,7 +503,7 @@ class Storage(StepStore, QueueStore):
             )
             await events.flush(tx)
             if row["parent_id"] is not None:
-                result = _settled_result(run_id, RunStatus.CANCELLED, None, error)
+                result = settled_result(run_id, RunStatus.CANCELLED, None, error)
                 await settle_child_waits(tx, [result], now)
             await cancel_descendants(tx, [run_id], now, f"an ancestor run was cancelled: {reason}")
             tx.notify(CHANNEL_CANCEL, run_id)
@@ -584,7 +573,7 @@ class Storage(StepStore, QueueStore):
                     )
                     tx.notify(CHANNEL_FINISHED, row["id"])
                     if updated["parent_id"] is not None:
-                        result = _settled_result(row["id"], RunStatus.FAILED, None, error)
+                        result = settled_result(row["id"], RunStatus.FAILED, None, error)
                         await settle_child_waits(tx, [result], now)
                     await cancel_descendants(
                         tx, [row["id"]], now, "the parent run failed: its worker was lost"
@@ -632,7 +621,7 @@ class Storage(StepStore, QueueStore):
                 )
                 tx.notify(CHANNEL_FINISHED, row["id"])
                 if updated["parent_id"] is not None:
-                    result = _settled_result(row["id"], RunStatus.EXPIRED, None, error)
+                    result = settled_result(row["id"], RunStatus.EXPIRED, None, error)
                     await settle_child_waits(tx, [result], now)
             await events.flush(tx)
         return expired
@@ -727,137 +716,7 @@ class Storage(StepStore, QueueStore):
         return [row_to_task(row) for row in rows]
 
 
-class _CreatedData:
-    """The data of new runs' `created` events, serialized once per kind of run."""
-
-    def __init__(self) -> None:
-        self._by_kind: dict[tuple[str, str, float | None], str] = {}
-
-    def __call__(self, new: NewRun) -> str:
-        delayed = new.status is RunStatus.DELAYED
-        kind = (new.status.value, new.queue, new.available_at if delayed else None)
-        found = self._by_kind.get(kind)
-        if found is None:
-            data: dict[str, Any] = {"status": new.status.value, "queue": new.queue}
-            if delayed:
-                data["available_at"] = new.available_at
-            found = self._by_kind[kind] = dumps(data)
-        return found
-
-
 def _check_limit(rows: list[Row], limit: int) -> None:
     # Guard against a planner re-evaluating LIMIT: never hand out more than asked.
     if len(rows) > limit:
         raise StorageError(f"claim returned {len(rows)} rows for a limit of {limit}")
-
-
-def _add_started(events: EventLog, rows: list[Row], worker_id: str, now: float) -> None:
-    """The `attempt_started` events of claimed runs, their JSON made directly (the text
-    PostgreSQL's claim_queue writes itself)."""
-    tail = f',"worker_id":{dumps(worker_id)}}}'
-    for row in rows:
-        data = f'{{"status":"running","attempt":{int(row["attempt"])}{tail}'
-        events.add_json(row["id"], row["event_seq"], "attempt_started", now, data)
-
-
-class _Outcomes:
-    """A batch of outcomes as `finish_attempts` sends it: one row per attempt (a repeated
-    attempt once), in run-id order, and the events each appends."""
-
-    def __init__(self, outcomes: Sequence[Outcome], now: float, *, events_in_sql: bool) -> None:
-        self.outcomes = outcomes
-        self.events_in_sql = events_in_sql
-        # Run-id order, as extend_leases locks rows, so this batch and a concurrent heartbeat
-        # of the same worker cannot deadlock (PostgreSQL row locks).
-        self.order = sorted(range(len(outcomes)), key=lambda k: outcomes[k].run_id)
-        self.events: dict[int, list[tuple[str, str]]] = {}
-        self.rows: list[dict[str, Any]] = []
-        seen: set[tuple[str, int]] = set()
-        for idx in self.order:
-            out = outcomes[idx]
-            if not can_transition(RunStatus.RUNNING, out.status):
-                raise StorageError(f"an attempt cannot end in status {out.status.value!r}")
-            if (out.run_id, out.attempt) in seen:
-                # The same attempt twice: only its first outcome can apply, as if the two were
-                # applied one after the other (the second finds the run no longer running).
-                continue
-            seen.add((out.run_id, out.attempt))
-            retrying = out.status is RunStatus.RETRYING
-            error = None if out.error is None else out.error.to_json()
-            self.events[idx] = new_events = _outcome_events(out, error)
-            self.rows.append(
-                {
-                    "id": out.run_id,
-                    "attempt": out.attempt,
-                    "status": out.status.value,
-                    "output": out.output_json,
-                    "error": None if error is None else dumps(error),
-                    "available_at": out.retry_at if retrying else None,
-                    "finished_at": None if retrying else now,
-                    "n_events": len(new_events),
-                    "failed": 1 if out.status in _FAILURES else 0,
-                }
-            )
-
-    def shared(self, worker_id: str, now: float) -> dict[str, Any]:
-        """The batch statement's shared parameters (PostgreSQL: the events too)."""
-        shared: dict[str, Any] = {"worker_id": worker_id, "now": now, "from_statuses": _RUNNING}
-        if self.events_in_sql:
-            outcomes = self.outcomes
-            shared["events"] = to_json(
-                [
-                    {
-                        "run_id": outcomes[idx].run_id,
-                        "attempt": outcomes[idx].attempt,
-                        "k": k,
-                        "type": type_,
-                        "data": data,
-                    }
-                    for idx, new_events in self.events.items()
-                    for k, (type_, data) in enumerate(new_events, start=1)
-                ]
-            ).decode()
-        return shared
-
-    def applied(self, landed: set[tuple[str, int]]) -> list[bool]:
-        """Which outcomes landed, given the (run, attempt) keys the statement returned."""
-        applied = [False] * len(self.outcomes)
-        for idx in self.events:  # first outcomes of their attempt only
-            out = self.outcomes[idx]
-            applied[idx] = (out.run_id, out.attempt) in landed
-        return applied
-
-
-#: Outcomes whose commit needs nothing besides the run's own row and events: no parent to
-#: settle (a retry settles nothing) and no subtree to cancel.
-_ALONE = frozenset({RunStatus.COMPLETED, RunStatus.RETRYING})
-
-
-def _ends_alone(out: Outcome) -> bool:
-    return out.status in _ALONE and (out.parent_id is None or out.status is RunStatus.RETRYING)
-
-
-def _notify_ends(tx: Tx, outcomes: Sequence[Outcome]) -> None:
-    """`finished` for each run that ended, `work` once if any will be retried."""
-    work = False
-    for out in outcomes:
-        if out.status is RunStatus.RETRYING:
-            work = True
-        else:
-            tx.notify(CHANNEL_FINISHED, out.run_id)
-    if work:
-        tx.notify(CHANNEL_WORK)
-
-
-def _outcome_events(out: Outcome, error: dict[str, Any] | None) -> list[tuple[str, str]]:
-    """The events an outcome appends, as (type, data JSON)."""
-    status = out.status.value
-    if out.status is RunStatus.COMPLETED:  # the usual outcome: JSON made directly
-        return [("completed", f'{{"status":"completed","attempt":{int(out.attempt)}}}')]
-    if out.status is RunStatus.CANCELLED:
-        return [("cancelled", dumps({"status": status, "attempt": out.attempt, "error": error}))]
-    failed = ("attempt_failed", dumps({"attempt": out.attempt, "error": error}))
-    if out.status is RunStatus.RETRYING:
-        scheduled = {"status": status, "attempt": out.attempt + 1, "retry_at": out.retry_at}
-        return [failed, ("retry_scheduled", dumps(scheduled))]
-    return [failed, (status, dumps({"status": status, "attempt": out.attempt}))]

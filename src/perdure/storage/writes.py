@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from perdure.core.models import NewRun
-from perdure.storage.database import Tx
+from perdure.core.statuses import RunStatus
+from perdure.storage.database import Row, Tx
 from perdure.storage.rows import dumps
 
 
@@ -52,3 +53,30 @@ def run_insert_params(new: NewRun, now: float) -> dict[str, Any]:
         "root_id": new.root_id or new.id,
         "now": now,
     }
+
+
+class CreatedData:
+    """The data of new runs' `created` events, serialized once per kind of run."""
+
+    def __init__(self) -> None:
+        self._by_kind: dict[tuple[str, str, float | None], str] = {}
+
+    def __call__(self, new: NewRun) -> str:
+        delayed = new.status is RunStatus.DELAYED
+        kind = (new.status.value, new.queue, new.available_at if delayed else None)
+        found = self._by_kind.get(kind)
+        if found is None:
+            data: dict[str, Any] = {"status": new.status.value, "queue": new.queue}
+            if delayed:
+                data["available_at"] = new.available_at
+            found = self._by_kind[kind] = dumps(data)
+        return found
+
+
+def add_started_events(events: EventLog, rows: list[Row], worker_id: str, now: float) -> None:
+    """The `attempt_started` events of claimed runs, their JSON made directly (the text
+    PostgreSQL's claim_queue writes itself)."""
+    tail = f',"worker_id":{dumps(worker_id)}}}'
+    for row in rows:
+        data = f'{{"status":"running","attempt":{int(row["attempt"])}{tail}'
+        events.add_json(row["id"], row["event_seq"], "attempt_started", now, data)

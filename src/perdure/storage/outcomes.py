@@ -1,0 +1,137 @@
+"""How a batch of attempts' outcomes is written: one row per attempt for `finish_attempts`,
+the events each outcome appends, the notifications its commit sends, and the result a child's
+outcome leaves on its parent's waitpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic_core import to_json
+
+from perdure.core.errors import ErrorInfo, StorageError
+from perdure.core.models import Outcome
+from perdure.core.statuses import RunStatus, can_transition
+from perdure.storage.database import CHANNEL_FINISHED, CHANNEL_WORK, Tx
+from perdure.storage.rows import dumps
+
+#: The status a fenced write of a running attempt expects to find.
+RUNNING = (RunStatus.RUNNING.value,)
+FAILURES = frozenset({RunStatus.RETRYING, RunStatus.FAILED})
+#: Ending in one of these cancels the run's unfinished descendants.
+STOPS_SUBTREE = frozenset(
+    {RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.CANCELLED, RunStatus.FINALIZE_FAILED}
+)
+
+
+def settled_result(
+    run_id: str, status: RunStatus, output_json: str | None, error: ErrorInfo | None
+) -> tuple[str, str, str]:
+    """A child's settled result as its parent's waitpoint records it: (run id, status, JSON
+    text). The output is already JSON text: spliced in, not parsed and serialized again."""
+    error_json = "null" if error is None else dumps(error.to_json())
+    result = f'{{"status":"{status.value}","output":{output_json or "null"},"error":{error_json}}}'
+    return run_id, status.value, result
+
+
+class OutcomeBatch:
+    """A batch of outcomes as `finish_attempts` sends it: one row per attempt (a repeated
+    attempt once), in run-id order, and the events each appends."""
+
+    def __init__(self, outcomes: Sequence[Outcome], now: float, *, events_in_sql: bool) -> None:
+        self.outcomes = outcomes
+        self.events_in_sql = events_in_sql
+        # Run-id order, as extend_leases locks rows, so this batch and a concurrent heartbeat
+        # of the same worker cannot deadlock (PostgreSQL row locks).
+        self.order = sorted(range(len(outcomes)), key=lambda k: outcomes[k].run_id)
+        self.events: dict[int, list[tuple[str, str]]] = {}
+        self.rows: list[dict[str, Any]] = []
+        seen: set[tuple[str, int]] = set()
+        for idx in self.order:
+            out = outcomes[idx]
+            if not can_transition(RunStatus.RUNNING, out.status):
+                raise StorageError(f"an attempt cannot end in status {out.status.value!r}")
+            if (out.run_id, out.attempt) in seen:
+                # The same attempt twice: only its first outcome can apply, as if the two were
+                # applied one after the other (the second finds the run no longer running).
+                continue
+            seen.add((out.run_id, out.attempt))
+            retrying = out.status is RunStatus.RETRYING
+            error = None if out.error is None else out.error.to_json()
+            self.events[idx] = new_events = outcome_events(out, error)
+            self.rows.append(
+                {
+                    "id": out.run_id,
+                    "attempt": out.attempt,
+                    "status": out.status.value,
+                    "output": out.output_json,
+                    "error": None if error is None else dumps(error),
+                    "available_at": out.retry_at if retrying else None,
+                    "finished_at": None if retrying else now,
+                    "n_events": len(new_events),
+                    "failed": 1 if out.status in FAILURES else 0,
+                }
+            )
+
+    def shared(self, worker_id: str, now: float) -> dict[str, Any]:
+        """The batch statement's shared parameters (PostgreSQL: the events too)."""
+        shared: dict[str, Any] = {"worker_id": worker_id, "now": now, "from_statuses": RUNNING}
+        if self.events_in_sql:
+            outcomes = self.outcomes
+            shared["events"] = to_json(
+                [
+                    {
+                        "run_id": outcomes[idx].run_id,
+                        "attempt": outcomes[idx].attempt,
+                        "k": k,
+                        "type": type_,
+                        "data": data,
+                    }
+                    for idx, new_events in self.events.items()
+                    for k, (type_, data) in enumerate(new_events, start=1)
+                ]
+            ).decode()
+        return shared
+
+    def applied(self, landed: set[tuple[str, int]]) -> list[bool]:
+        """Which outcomes landed, given the (run, attempt) keys the statement returned."""
+        applied = [False] * len(self.outcomes)
+        for idx in self.events:  # first outcomes of their attempt only
+            out = self.outcomes[idx]
+            applied[idx] = (out.run_id, out.attempt) in landed
+        return applied
+
+
+#: Outcomes whose commit needs nothing besides the run's own row and events: no parent to
+#: settle (a retry settles nothing) and no subtree to cancel.
+ALONE = frozenset({RunStatus.COMPLETED, RunStatus.RETRYING})
+
+
+def ends_alone(out: Outcome) -> bool:
+    return out.status in ALONE and (out.parent_id is None or out.status is RunStatus.RETRYING)
+
+
+def notify_ends(tx: Tx, outcomes: Sequence[Outcome]) -> None:
+    """`finished` for each run that ended, `work` once if any will be retried."""
+    work = False
+    for out in outcomes:
+        if out.status is RunStatus.RETRYING:
+            work = True
+        else:
+            tx.notify(CHANNEL_FINISHED, out.run_id)
+    if work:
+        tx.notify(CHANNEL_WORK)
+
+
+def outcome_events(out: Outcome, error: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The events an outcome appends, as (type, data JSON)."""
+    status = out.status.value
+    if out.status is RunStatus.COMPLETED:  # the usual outcome: JSON made directly
+        return [("completed", f'{{"status":"completed","attempt":{int(out.attempt)}}}')]
+    if out.status is RunStatus.CANCELLED:
+        return [("cancelled", dumps({"status": status, "attempt": out.attempt, "error": error}))]
+    failed = ("attempt_failed", dumps({"attempt": out.attempt, "error": error}))
+    if out.status is RunStatus.RETRYING:
+        scheduled = {"status": status, "attempt": out.attempt + 1, "retry_at": out.retry_at}
+        return [failed, ("retry_scheduled", dumps(scheduled))]
+    return [failed, (status, dumps({"status": status, "attempt": out.attempt}))]
