@@ -4,7 +4,7 @@ outcome leaves on its parent's waitpoint."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic_core import to_json
@@ -32,6 +32,38 @@ def settled_result(
     error_json = "null" if error is None else dumps(error.to_json())
     result = f'{{"status":"{status.value}","output":{output_json or "null"},"error":{error_json}}}'
     return run_id, status.value, result
+
+
+def finish_params(
+    worker_id: str,
+    now: float,
+    events: Iterable[tuple[str, int, list[tuple[str, str]]]] | None,
+    *,
+    roots_only: bool = False,
+    notify: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Shared parameters of the `finish_attempts` batch statement. `events` (PostgreSQL,
+    whose statement writes them): per attempt, (run id, attempt, its events as (type, data
+    JSON)). `roots_only`: apply only runs that settle no parent. `notify`: the statement's
+    own NOTIFY (`Tx.notifications_in_statement`); without it the commit sends it."""
+    shared: dict[str, Any] = {
+        "worker_id": worker_id,
+        "now": now,
+        "from_statuses": RUNNING,
+        "roots_only": roots_only,
+        "notify_channel": None,
+        "notify_payload": None,
+        **(notify or {}),
+    }
+    if events is not None:
+        shared["events"] = to_json(
+            [
+                {"run_id": run_id, "attempt": attempt, "k": k, "type": type_, "data": data}
+                for run_id, attempt, new_events in events
+                for k, (type_, data) in enumerate(new_events, start=1)
+            ]
+        ).decode()
+    return shared
 
 
 class OutcomeBatch:
@@ -73,25 +105,24 @@ class OutcomeBatch:
                 }
             )
 
-    def shared(self, worker_id: str, now: float) -> dict[str, Any]:
-        """The batch statement's shared parameters (PostgreSQL: the events too)."""
-        shared: dict[str, Any] = {"worker_id": worker_id, "now": now, "from_statuses": RUNNING}
-        if self.events_in_sql:
-            outcomes = self.outcomes
-            shared["events"] = to_json(
-                [
-                    {
-                        "run_id": outcomes[idx].run_id,
-                        "attempt": outcomes[idx].attempt,
-                        "k": k,
-                        "type": type_,
-                        "data": data,
-                    }
-                    for idx, new_events in self.events.items()
-                    for k, (type_, data) in enumerate(new_events, start=1)
-                ]
-            ).decode()
-        return shared
+    def shared(
+        self,
+        worker_id: str,
+        now: float,
+        *,
+        roots_only: bool = False,
+        notify: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The batch statement's shared parameters (see `finish_params`)."""
+        events = (
+            [
+                (self.outcomes[idx].run_id, self.outcomes[idx].attempt, e)
+                for idx, e in self.events.items()
+            ]
+            if self.events_in_sql
+            else None
+        )
+        return finish_params(worker_id, now, events, roots_only=roots_only, notify=notify)
 
     def applied(self, landed: set[tuple[str, int]]) -> list[bool]:
         """Which outcomes landed, given the (run, attempt) keys the statement returned."""

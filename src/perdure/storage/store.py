@@ -30,10 +30,10 @@ from perdure.storage.database import (
     Row,
 )
 from perdure.storage.outcomes import (
-    RUNNING,
     STOPS_SUBTREE,
     OutcomeBatch,
     ends_alone,
+    finish_params,
     notify_ends,
     settled_result,
 )
@@ -370,8 +370,8 @@ class Storage(StepStore, QueueStore):
         # the rest (stale, or a child reported as a root) go through the transaction.
         async with self.db.statement(ordered_scans=True) as tx:
             notify_ends(tx, outcomes)
-            shared = {**batch.shared(worker_id, now), "roots_only": True}
-            shared.update(tx.notifications_in_statement())
+            notify = tx.notifications_in_statement()
+            shared = batch.shared(worker_id, now, roots_only=True, notify=notify)
             returned = await tx.fetch_batch("finish_attempts", batch.rows, shared)
         applied = batch.applied({(row["id"], row["attempt"]) for row in returned})
         rest = [idx for idx, ok in enumerate(applied) if not ok]
@@ -391,8 +391,7 @@ class Storage(StepStore, QueueStore):
         settled: list[tuple[str, str, str]] = []
         ended: list[Outcome] = []
         async with self.db.transaction() as tx:
-            shared = {**batch.shared(worker_id, now), "roots_only": False}
-            shared.update(notify_channel=None, notify_payload=None)  # NOTIFY goes at COMMIT
+            shared = batch.shared(worker_id, now)  # its NOTIFY goes with COMMIT
             returned = await tx.fetch_batch("finish_attempts", batch.rows, shared)
             changed = {(row["id"], row["attempt"]): row for row in returned}
             for idx in batch.order:
@@ -443,27 +442,12 @@ class Storage(StepStore, QueueStore):
         def data(attempt: int) -> str:
             return dumps({"status": "queued", "attempt": attempt, "worker_id": worker_id})
 
-        shared: dict[str, Any] = {
-            "worker_id": worker_id,
-            "now": now,
-            "from_statuses": RUNNING,
-            "roots_only": False,
-            "notify_channel": None,
-            "notify_payload": None,
-        }
         in_sql = self.db.writes_in_one_statement  # PostgreSQL's statement writes the events
-        if in_sql:
-            released_events = [
-                {
-                    "run_id": run_id,
-                    "attempt": attempt,
-                    "k": 1,
-                    "type": "lease_released",
-                    "data": data(attempt),
-                }
-                for run_id, attempt in sorted(set(attempts))
-            ]
-            shared["events"] = to_json(released_events).decode()
+        released_events = [
+            (run_id, attempt, [("lease_released", data(attempt))])
+            for run_id, attempt in sorted(set(attempts))
+        ]
+        shared = finish_params(worker_id, now, released_events if in_sql else None)
         async with self.db.transaction() as tx:
             returned = await tx.fetch_batch("finish_attempts", rows, shared)
             released = len(returned)
