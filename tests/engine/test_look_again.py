@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -106,18 +106,19 @@ async def test_an_empty_finished_notification_wakes_every_result_waiter(
 
     client = make_engine(**SLOW)
     dropped = hear_only_look_again(client, await client.open(), CHANNEL_FINISHED)
-    # A waiter's polls double from 10 ms: after its 9th read of the run it waits 2.56 s.
+    # The waiters' shared poll doubles from 10 ms: after its 9th read of the runs it waits 2.56 s.
     reads: dict[str, int] = {}
     parked = asyncio.Event()
-    get_run = client.get_run
+    read_runs = client._read_runs  # pyright: ignore[reportPrivateUsage]
 
-    async def counting_get_run(run_id: str) -> Run:
-        reads[run_id] = reads.get(run_id, 0) + 1
+    async def counting_read_runs(run_ids: Sequence[str]) -> list[Run]:
+        for run_id in run_ids:
+            reads[run_id] = reads.get(run_id, 0) + 1
         if len(reads) == 2 and min(reads.values()) >= 9:
             parked.set()
-        return await get_run(run_id)
+        return await read_runs(run_ids)
 
-    monkeypatch.setattr(client, "get_run", counting_get_run)
+    monkeypatch.setattr(client, "_read_runs", counting_read_runs)
     async with worker:
         handles = [await held.trigger(n) for n in (1, 2)]
         waiters = [asyncio.create_task(client.handle(h.id).result(timeout=30)) for h in handles]

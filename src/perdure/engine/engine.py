@@ -43,6 +43,7 @@ from perdure.engine.trees import (
     sleeping_token_id,
     sleeping_token_step,
 )
+from perdure.engine.waiters import RunWaiters
 from perdure.engine.worker import Worker
 from perdure.storage import (
     CHANNEL_CANCEL,
@@ -121,7 +122,7 @@ class Engine(QueueOps):
         self._portal: Portal | None = None
         self._portal_lock = threading.Lock()
         self._worker: Worker | None = None
-        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._waiters: tuple[asyncio.AbstractEventLoop, RunWaiters] | None = None
         self._memory_used = False
         self._declared_queues: dict[str, QueueLimits] = {}
 
@@ -693,41 +694,31 @@ class Engine(QueueOps):
             poll = min(poll * 2, self.options.poll_interval)
 
     async def _wait_finished(self, run_id: str, timeout: float | None) -> Run:
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        poll = 0.01
-        while True:
-            run = await self.get_run(run_id)
-            if run.status.is_terminal:
-                return run
-            wait = poll
-            if deadline is not None:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise TimeoutError(
-                        f"run {run_id} did not finish within {timeout}s (status {run.status.value})"
-                    )
-                wait = min(wait, remaining)
-            await self._wait_notified(run_id, wait)
-            poll = min(poll * 2, self.options.poll_interval)
+        try:
+            return await self._run_waiters().finished(run_id, timeout)
+        except TimeoutError:
+            status = (await self.get_run(run_id)).status.value
+            raise TimeoutError(
+                f"run {run_id} did not finish within {timeout}s (status {status})"
+            ) from None
 
     async def _wait_notified(self, run_id: str, timeout: float) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(run_id, []).append(future)
-        try:
-            await asyncio.wait([future], timeout=timeout)
-        finally:
-            waiters = self._waiters.get(run_id)
-            if waiters is not None:
-                if future in waiters:
-                    waiters.remove(future)
-                if not waiters:
-                    del self._waiters[run_id]
+        await self._run_waiters().notified(run_id, timeout)
+
+    def _run_waiters(self) -> RunWaiters:
+        """The waiters of the running loop (the home loop; a new one after a loop change)."""
+        loop = asyncio.get_running_loop()
+        if self._waiters is None or self._waiters[0] is not loop:
+            self._waiters = (loop, RunWaiters(self._read_runs, self.options.poll_interval))
+        return self._waiters[1]
+
+    async def _read_runs(self, run_ids: Sequence[str]) -> list[Run]:
+        storage = await self._ensure_open()
+        return await storage.get_runs(run_ids)
 
     def _attempt_finished(self, run_id: str) -> None:
-        for future in self._waiters.get(run_id, ()):
-            if not future.done():
-                future.set_result(None)
+        if self._waiters is not None:
+            self._waiters[1].wake(run_id)
 
     def _on_notification(self, channel: str, payload: str) -> None:
         loop = self._home_loop
@@ -745,9 +736,8 @@ class Engine(QueueOps):
         elif channel == CHANNEL_FINISHED:
             if payload:
                 self._attempt_finished(payload)
-            else:  # "look again" (a reconnect or an oversized batch): re-check every waiter
-                for run_id in list(self._waiters):
-                    self._attempt_finished(run_id)
+            elif self._waiters is not None:  # "look again" (a reconnect, an oversized batch)
+                self._waiters[1].wake_all()
         elif channel == CHANNEL_CANCEL and self._worker is not None:
             if payload:
                 self._worker.cancel_local(payload)

@@ -6,6 +6,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any, cast
 
+from pydantic_core import from_json
+
 from perdure.core.errors import ErrorInfo
 from perdure.core.models import Run, RunEvent, TaskInfo
 from perdure.core.statuses import RunStatus
@@ -14,7 +16,10 @@ from perdure.storage.database import Row
 
 def _json(value: Any) -> Any:
     if isinstance(value, str | bytes):
-        return json.loads(value)
+        try:
+            return from_json(value)  # pydantic-core's parser: 2-4x the standard library's
+        except ValueError:  # what only the standard library reads back (a lone surrogate)
+            return json.loads(value)
     return value
 
 

@@ -1,0 +1,74 @@
+"""Callers waiting on many runs share one reader: a read covers every run it can."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from perdure import Engine, Run, RunContext, RunNotFoundError, RunStatus
+
+from .conftest import MakeEngine
+
+
+def count_reads(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many runs each of the engine's waiter reads asked for."""
+    sizes: list[int] = []
+    read_runs = engine._read_runs  # pyright: ignore[reportPrivateUsage]
+
+    async def counting(run_ids: Sequence[str]) -> list[Run]:
+        sizes.append(len(run_ids))
+        return await read_runs(run_ids)
+
+    monkeypatch.setattr(engine, "_read_runs", counting)
+    return sizes
+
+
+async def test_waiting_on_many_runs_reads_them_together(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = asyncio.Event()
+
+    @engine.task(id="held")
+    async def held(ctx: RunContext, n: int) -> int:
+        await release.wait()
+        return n * 2
+
+    reads = count_reads(engine, monkeypatch)
+    async with engine:
+        handles = await held.batch_trigger(list(range(50)))
+        waiting = asyncio.gather(*(h.result(timeout=30) for h in handles))
+        await asyncio.sleep(0)  # every caller registers before the first read
+        release.set()
+        assert await asyncio.wait_for(waiting, 30) == [n * 2 for n in range(50)]
+    # One read per caller would be 50 before any run finished, and 50 more as they finished.
+    assert reads[0] == 50
+    assert len(reads) < 25, reads
+
+
+async def test_a_waiter_for_an_unknown_run_is_told(engine: Engine) -> None:
+    await engine.open()  # a client: no worker
+    with pytest.raises(RunNotFoundError, match="run_missing"):
+        await engine.handle("run_missing").wait(timeout=5)
+
+
+async def test_a_timed_out_wait_names_the_status_and_leaves_the_others(
+    make_engine: MakeEngine,
+) -> None:
+    engine = make_engine()
+    release = asyncio.Event()
+
+    @engine.task(id="held")
+    async def held(ctx: RunContext, n: int) -> str:
+        await release.wait()
+        return "done"
+
+    async with engine:
+        first, second = await held.trigger(1), await held.trigger(2)
+        patient = asyncio.create_task(second.result(timeout=30))
+        with pytest.raises(TimeoutError, match=r"did not finish within 0\.2s \(status running\)"):
+            await first.wait(timeout=0.2)
+        release.set()
+        assert await asyncio.wait_for(patient, 30) == "done"
+        assert (await first.wait(timeout=30)).status is RunStatus.COMPLETED
