@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
+
+import pytest
 
 from perdure.core.errors import ErrorInfo
 from perdure.core.ids import run_id
 from perdure.core.models import NewRun, Outcome, Run
 from perdure.core.statuses import RunStatus
 from perdure.storage import Storage, make_storage
+from perdure.storage.postgres import PostgresTx
 
 T0 = 1_700_000_000.0
 LEASE = 30.0
@@ -105,3 +108,26 @@ async def get(storage: Storage, run_id_: str) -> Run:
 
 async def event_types(storage: Storage, run_id_: str) -> list[str]:
     return [event.type for event in await storage.get_events(run_id_)]
+
+
+Statement = tuple[str, Any, Any]
+
+
+def lose_first_reply(monkeypatch: pytest.MonkeyPatch, query: str) -> Callable[[], int]:
+    """The first batch holding `query` runs, and then its connection dies before the reply
+    (the server ends the session, as in a restart): the write is committed, the caller does
+    not know. Returns a counter of the batches holding `query` that were sent."""
+    sent = 0
+    execute = PostgresTx._execute  # pyright: ignore[reportPrivateUsage]
+
+    async def losing(conn: Any, batch: Sequence[Statement]) -> Any:
+        nonlocal sent
+        ours = any(name == query for name, _, _ in batch)
+        sent += ours
+        cursors = await execute(conn, batch)
+        if ours and sent == 1:
+            await conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        return cursors
+
+    monkeypatch.setattr(PostgresTx, "_execute", staticmethod(losing))
+    return lambda: sent

@@ -581,34 +581,35 @@ class Worker:
                     future.set_result(applied)
 
     async def _commit_outcomes(self, outcomes: list[Outcome]) -> list[bool]:
-        tries = 0
-
         async def commit() -> list[bool]:
-            nonlocal tries
-            tries += 1
             return await self.storage.finish_attempts(self.id, outcomes, self.clock.time())
 
         results = await self._retrying(commit)
-        if tries > 1:
-            results = [
-                applied or await self._landed(outcome)
-                for outcome, applied in zip(outcomes, results, strict=True)
-            ]
-        return results
+        if all(results):
+            return results
+        stale = [o for o, ok in zip(outcomes, results, strict=True) if not ok]
+        landed = await self._landed(stale)
+        return [
+            ok or (o.run_id, o.attempt) in landed for o, ok in zip(outcomes, results, strict=True)
+        ]
 
-    async def _landed(self, outcome: Outcome) -> bool:
-        """Whether an outcome reported stale had in fact been committed by an earlier try
-        whose COMMIT reached the server but whose reply was lost with the connection."""
+    async def _landed(self, outcomes: list[Outcome]) -> set[tuple[str, int]]:
+        """Those of the outcomes reported stale that had in fact been committed: by an earlier
+        try whose COMMIT reached the server but whose reply was lost with the connection, or
+        by a first sending that PostgreSQL's driver replayed on another connection."""
         try:
-            run = await self.storage.get_run(outcome.run_id)
+            found = await self.storage.get_runs([o.run_id for o in outcomes])
         except PerdureError:
-            return False
-        return (
-            run is not None
+            return set()
+        runs = {run.id: run for run in found}
+        return {
+            (outcome.run_id, outcome.attempt)
+            for outcome in outcomes
+            if (run := runs.get(outcome.run_id)) is not None
             and run.attempt == outcome.attempt
             and run.status is outcome.status
             and run.lease_owner is None
-        )
+        }
 
     # --- riding out storage failures ---------------------------------------------------------
 

@@ -30,6 +30,9 @@ class Tx(ABC):
 
     def __init__(self) -> None:
         self.notifications: list[tuple[str, str]] = []
+        #: PostgreSQL: a first batch found on a broken pooled connection was sent again on
+        #: another. In autocommit (`Database.statement`) its first sending may have committed.
+        self.replayed = False
 
     @abstractmethod
     async def fetchall(self, name: str, params: Params) -> list[Row]: ...

@@ -150,20 +150,14 @@ class PostgresTx(Tx):
             if self._conn is None:
                 self._conn = await self._db.acquire()
             conn = self._conn
-            cursors: list[psycopg.AsyncCursor[DictRow]] = []
             try:
-                if len(batch) == 1:
-                    _, query, params = batch[0]
-                    cursors.append(await conn.execute(query, params))
-                elif batch:
-                    async with conn.pipeline():
-                        for _, query, params in batch:
-                            cursors.append(await conn.execute(query, params))
+                cursors = await self._execute(conn, batch)
             except psycopg.Error as exc:
                 if first and conn.broken:
                     # Expected after a restart; the worker's circuit breaker reports outages.
                     log.debug("discarding a broken PostgreSQL connection: %s", exc)
                     await self.release()
+                    self.replayed = True
                     continue
                 names = ", ".join(dict.fromkeys(repr(name) for name, _, _ in batch[-8:]))
                 raise _error(f"PostgreSQL query {names} failed: {exc}", exc) from exc
@@ -177,6 +171,20 @@ class PostgresTx(Tx):
         self._opening.clear()
         self._deferred.clear()
         return cursors[len(cursors) - len(tail) :] if tail else []
+
+    @staticmethod
+    async def _execute(
+        conn: Connection, batch: Sequence[Statement]
+    ) -> list[psycopg.AsyncCursor[DictRow]]:
+        if len(batch) == 1:
+            _, query, params = batch[0]
+            return [await conn.execute(query, params)]
+        cursors: list[psycopg.AsyncCursor[DictRow]] = []
+        if batch:
+            async with conn.pipeline():
+                for _, query, params in batch:
+                    cursors.append(await conn.execute(query, params))
+        return cursors
 
     async def _one(self, name: str, params: Params) -> psycopg.AsyncCursor[DictRow]:
         (cur,) = await self._send([(name, self._sql(name), _adapt(params))])

@@ -25,9 +25,11 @@ from perdure.storage.database import (
     CHANNEL_CANCEL,
     CHANNEL_FINISHED,
     CHANNEL_WORK,
+    ConflictError,
     Database,
     Listener,
     Row,
+    Tx,
 )
 from perdure.storage.outcomes import (
     STOPS_SUBTREE,
@@ -171,8 +173,9 @@ class Storage(StepStore, QueueStore):
         statements), which writes nothing when one of their queues has a depth cap; `None`
         then, and the caller takes the locked, counted path. (SQLite's local transaction is
         already as cheap: it keeps that path.) Like any first statement on a pooled
-        connection found broken, it is replayed on another; had the first run, the replay
-        fails on its fresh run ids (ConflictError) and writes nothing twice."""
+        connection found broken, it is replayed on another; had the first one committed, the
+        replay fails on its fresh run ids (ConflictError), writes nothing twice, and the
+        trigger reports the runs the first one created."""
         created_at = datetime.fromtimestamp(now, UTC)
         created_data = CreatedData()
         events = EventLog()
@@ -183,14 +186,25 @@ class Storage(StepStore, QueueStore):
             rows.append(params)
             events.add_json(new.id, 1, "created", now, created_data(new))
             results.append((self._fresh_run(new, now, created_at, params), True))
-        async with self.db.statement() as tx:
-            tx.notify(CHANNEL_WORK)
-            shared = {
-                "queues": sorted({new.queue for new in runs}),
-                "events": to_json(events.rows).decode(),  # as batch rows are encoded
-                **tx.notifications_in_statement(),
-            }
-            [row] = await tx.fetch_batch("create_runs_at_once", rows, shared)
+        tx: Tx | None = None
+        try:
+            async with self.db.statement() as tx:
+                tx.notify(CHANNEL_WORK)
+                shared = {
+                    "queues": sorted({new.queue for new in runs}),
+                    "events": to_json(events.rows).decode(),  # as batch rows are encoded
+                    **tx.notifications_in_statement(),
+                }
+                [row] = await tx.fetch_batch("create_runs_at_once", rows, shared)
+        except ConflictError:
+            # Sent again after its connection broke: the ids are fresh, so they clash only
+            # with the first sending's rows, whose reply was lost with the connection. The
+            # statement is all or nothing: every run is there, each created once.
+            if tx is None or not tx.replayed:
+                raise
+            if len(await self.get_runs([new.id for new in runs])) != len(runs):
+                raise
+            return results
         return results if int(row["inserted"]) == len(rows) else None
 
     @staticmethod
