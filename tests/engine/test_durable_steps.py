@@ -18,6 +18,7 @@ from perdure import (
     RunContext,
     RunStatus,
     StepFailedError,
+    StorageError,
 )
 
 from .conftest import MakeEngine
@@ -386,3 +387,38 @@ async def test_a_retried_run_replays_the_steps_its_failed_attempt_recorded(
 
     assert run.attempt == 2
     assert dict(calls) == {"pay": 1, "mail": 1}
+
+
+async def test_a_step_record_rides_out_a_database_outage_without_using_a_retry(
+    engine: Engine, monkeypatch: Any
+) -> None:
+    calls = Calls()
+
+    @engine.task(id="outage", retry=RetryPolicy(max_attempts=1))
+    async def outage(ctx: RunContext, n: int) -> int:
+        def charge() -> int:
+            calls.hit("charge")
+            return n + 1
+
+        return await ctx.step("charge", charge)
+
+    storage = await engine.open()
+    record_steps = storage.record_steps
+    failures = 2
+
+    async def down_then_up(*args: Any, **kwargs: Any) -> bool:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise StorageError("connection to the database lost (test)")
+        return await record_steps(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "record_steps", down_then_up)
+    async with engine:
+        handle = await outage.trigger(1)
+        run = await handle.wait(timeout=30)
+        assert await handle.result() == 2
+
+    assert run.status is RunStatus.COMPLETED, run.error
+    assert (run.attempt, run.failures, failures) == (1, 0, 0)
+    assert calls["charge"] == 1, "the step ran once; only its record was written again"

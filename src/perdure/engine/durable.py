@@ -182,8 +182,9 @@ class Durable:
         children: Sequence[NewRun] = (),
         child_steps: Sequence[StepRecord] = (),
     ) -> None:
+        storage = self.storage
         await self._written(
-            self.storage.record_steps(
+            lambda: storage.record_steps(
                 self.fence, steps, self.now, children=children, child_steps=child_steps
             )
         )
@@ -191,11 +192,13 @@ class Durable:
             for step in steps:
                 self.recorded[step.position] = step
 
-    async def _written(self, write: Awaitable[bool]) -> None:
-        """Await a fenced write: a lost lease stops the attempt; a token id that is taken
-        (the same ids would collide on every retry) fails the run without retry."""
+    async def _written(self, write: Callable[[], Awaitable[bool]]) -> None:
+        """A fenced write, tried again through a database outage (`Worker.durable_write`): a
+        lost lease stops the attempt; a token id that is taken (the same ids would collide on
+        every retry) fails the run without retry."""
+        worker = self.ctx.engine._worker  # pyright: ignore[reportPrivateUsage]
         try:
-            ok = await write
+            ok = await (write() if worker is None else worker.durable_write(write))
         except DuplicateRunError as exc:
             raise NonRetryableError(
                 f"run {self.run.id} of task {self.run.task_id!r}: {exc}"
@@ -386,9 +389,8 @@ class Durable:
             spawn = Spawn(self.fence, steps, new_runs, child_steps, status)
             storage = self.storage
             self.suspending = True  # if the write fails, the body fails: no write follows
-            await self._written(
-                spawn_commits(storage).submit(spawn, storage, self.ctx.engine.clock)
-            )
+            clock = self.ctx.engine.clock
+            await self._written(lambda: spawn_commits(storage).submit(spawn, storage, clock))
             raise Suspend(positions, None, status, committed=True)
         if any(r is None or r.status == STEP_PENDING for r in records):
             raise Suspend(positions, None, status)

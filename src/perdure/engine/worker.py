@@ -35,6 +35,7 @@ from perdure.core.errors import (
     OutputValidationError,
     PerdureError,
     RunCancelledError,
+    StorageError,
     TaskTimeoutError,
 )
 from perdure.core.ids import worker_id as new_worker_id
@@ -51,6 +52,7 @@ from perdure.engine.context import RunContext
 from perdure.engine.durable import LeaseLost, Suspend, current_context
 from perdure.engine.heartbeat import Heartbeat
 from perdure.storage import Storage
+from perdure.storage.database import ConflictError
 from perdure.storage.steps import Fence
 
 if TYPE_CHECKING:
@@ -620,12 +622,22 @@ class Worker:
             log.exception("%s failed unexpectedly", what, extra={"worker_id": self.id})
         return self._breaker.record_failure(exc)
 
-    async def _retrying(self, op: Callable[[], Awaitable[T]]) -> T:
+    async def durable_write(self, op: Callable[[], Awaitable[T]]) -> T:
+        """A running attempt's durable write (a step record, a spawn) rides out a database
+        outage as its outcome does (`_retrying`) instead of failing the attempt. Safe to try
+        again: the write is fenced, and a try that landed unseen is recognised (a record's
+        taken position is checked against the attempt's own records; a spawn that landed
+        fails its fence, and the attempt stops as its suspended run's). A conflict (a taken
+        id) is the write's own answer: raised at once."""
+        return await self._retrying(op, outage_only=True)
+
+    async def _retrying(self, op: Callable[[], Awaitable[T]], *, outage_only: bool = False) -> T:
         """Run a storage write of a running attempt until it commits. While the database is
         unreachable it waits for it (the write is fenced: once it lands, a lease lost
         meanwhile makes it a no-op). It gives up, raising the last error, when the database
         answers but the write keeps failing for longer than a lease (it cannot succeed), or
-        when the worker is stopping and its grace period is over."""
+        when the worker is stopping and its grace period is over. `outage_only`: any error
+        but a `StorageError` other than a conflict is raised at once."""
         started = time.monotonic()
         while True:
             if not self._stopping:
@@ -633,6 +645,10 @@ class Worker:
             try:
                 result = await op()
             except PerdureError as exc:
+                if outage_only and (
+                    not isinstance(exc, StorageError) or isinstance(exc, ConflictError)
+                ):
+                    raise
                 delay = self._breaker.record_failure(exc)
                 now = time.monotonic()
                 reachable = self._breaker.last_success > started
