@@ -153,8 +153,17 @@ class PostgresTx(Tx):
             try:
                 cursors = await self._execute(conn, batch)
             except psycopg.Error as exc:
-                if first and conn.broken:
-                    # Expected after a restart; the worker's circuit breaker reports outages.
+                stale = _stale_plan(exc)
+                if stale:
+                    # Its prepared statements were planned before a schema change (a newer
+                    # version's migration added a column): PostgreSQL refuses them for good on
+                    # this connection. Closed, the pool replaces it; a new one prepares anew.
+                    log.info("replacing a connection whose prepared plans predate a schema change")
+                    await conn.close()
+                if first and (conn.broken or stale):
+                    # Broken: expected after a restart (the worker's circuit breaker reports
+                    # outages). Stale: refused before running, the batch's transaction rolled
+                    # back. Either way the batch goes again on another connection.
                     log.debug("discarding a broken PostgreSQL connection: %s", exc)
                     await self.release()
                     self.replayed = True
@@ -515,6 +524,12 @@ class PostgresDatabase(Database):
             self._dispatch(notifications)
         except Exception:
             log.exception("a notification listener failed")
+
+
+def _stale_plan(exc: psycopg.Error) -> bool:
+    """A prepared statement whose result columns changed under it (`SELECT *`, `RETURNING *`
+    after `ALTER TABLE … ADD COLUMN`)."""
+    return isinstance(exc, psycopg.errors.FeatureNotSupported) and "cached plan" in str(exc)
 
 
 def _error(message: str, exc: psycopg.Error) -> StorageError:
