@@ -11,7 +11,6 @@ other instances on the same file through `perdure.storage.wake` (Unix datagram s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import sqlite3
 import threading
@@ -29,11 +28,6 @@ from perdure.storage.wake import Notifications, SocketWake
 
 BUSY_TIMEOUT_MS = 10_000
 DEFAULT_PATH = ".perdure/perdure.db"
-#: Write commits between two background checkpoints (the first starts the thread), and the
-#: WAL size in pages (16 MB) at which a COMMIT checkpoints by itself, should the thread fall
-#: behind or be gone.
-CHECKPOINT_EVERY = 32
-FALLBACK_CHECKPOINT_PAGES = 4000
 
 
 _SEQUENCES = (list, tuple)
@@ -125,52 +119,6 @@ class SQLiteTx(Tx):
         return found
 
 
-class Checkpointer:
-    """Copies the WAL back into the database file from a thread of its own.
-
-    SQLite's automatic checkpoint runs inside whichever COMMIT takes the WAL past 1,000 pages,
-    file writes and fsyncs included, on the event loop. Here a thread with its own connection
-    runs a PASSIVE checkpoint every `CHECKPOINT_EVERY` commits instead; it blocks no reader or
-    writer and releases the GIL while it works. Safe however it interleaves with commits:
-    a checkpoint copies only frames that committed, and SQLite's locks order the two."""
-
-    def __init__(self, path: str) -> None:
-        self._path = path
-        self._commits = 0
-        self._due = threading.Event()
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name="perdure-checkpoint", daemon=True)
-        self._thread.start()
-
-    def committed(self) -> None:
-        self._commits += 1
-        if self._commits >= CHECKPOINT_EVERY:
-            self._commits = 0
-            self._due.set()
-
-    def close(self) -> None:
-        self._closed = True
-        self._due.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        try:
-            conn = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        except sqlite3.Error:
-            return  # the COMMITs' own checkpoints remain
-        try:
-            while True:
-                self._due.wait()
-                self._due.clear()
-                if self._closed:
-                    return
-                # Busy or gone: the next round, or a COMMIT past the fallback size, does it.
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        finally:
-            conn.close()
-
-
 class SQLiteDatabase(Database):
     dialect = "sqlite"
 
@@ -184,8 +132,6 @@ class SQLiteDatabase(Database):
         #: Marks this instance's wake-ups, as `PostgresDatabase.origin` does its NOTIFYs.
         self.origin = uuid.uuid4().hex
         self._wake: SocketWake | None = None
-        self._checkpointer: Checkpointer | None = None
-        self._commits = 0  # until the checkpointer starts
 
     @property
     def path(self) -> str:
@@ -210,7 +156,6 @@ class SQLiteDatabase(Database):
             )
             if not self._memory:
                 _enable_wal(conn)
-                conn.execute(f"PRAGMA wal_autocheckpoint={FALLBACK_CHECKPOINT_PAGES}")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA foreign_keys=ON")
@@ -225,9 +170,6 @@ class SQLiteDatabase(Database):
         wake, self._wake = self._wake, None
         if wake is not None:
             wake.close()
-        checkpointer, self._checkpointer = self._checkpointer, None
-        if checkpointer is not None:
-            checkpointer.close()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -290,19 +232,7 @@ class SQLiteDatabase(Database):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise StorageError(f"SQLite COMMIT failed: {exc}") from exc
-            if begin != "BEGIN DEFERRED" and not self._memory:
-                self._wrote()
         self._send_and_dispatch(tx.notifications)
-
-    def _wrote(self) -> None:
-        """Count a write commit (under the lock); the checkpointer starts at the first round,
-        so a short-lived storage (a CLI command, a heartbeat's) starts no thread."""
-        if self._checkpointer is not None:
-            self._checkpointer.committed()
-            return
-        self._commits += 1
-        if self._commits >= CHECKPOINT_EVERY:
-            self._checkpointer = Checkpointer(self._path)
 
     def transaction(self) -> Any:
         return self._tx("BEGIN IMMEDIATE")
