@@ -8,8 +8,10 @@ from collections.abc import Sequence
 import pytest
 
 from perdure import Engine, Run, RunContext, RunNotFoundError, RunStatus
+from perdure.storage import CHANNEL_FINISHED
 
 from .conftest import MakeEngine
+from .test_look_again import hear_only_look_again
 
 
 def count_reads(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -72,3 +74,31 @@ async def test_a_timed_out_wait_names_the_status_and_leaves_the_others(
         release.set()
         assert await asyncio.wait_for(patient, 30) == "done"
         assert (await first.wait(timeout=30)).status is RunStatus.COMPLETED
+
+
+async def test_without_notifications_a_new_wait_is_polled_soon_however_long_others_waited(
+    make_engine: MakeEngine, shared_url: str
+) -> None:
+    """Another process's "finished" notifications never arrive (a platform without SQLite
+    wake-ups): a caller that starts waiting while others have waited long is still polled
+    within tens of milliseconds, as if it waited alone, not at the others' slowed pace."""
+    worker = make_engine()
+    release = asyncio.Event()
+
+    @worker.task(id="held")
+    async def held(ctx: RunContext, n: int) -> int:
+        if n == 0:
+            await release.wait()
+        return n
+
+    client = make_engine(poll_interval=30)
+    hear_only_look_again(client, await client.open(), CHANNEL_FINISHED)
+    async with worker:
+        long_wait = asyncio.create_task(client.handle((await held.trigger(0)).id).wait(60))
+        await asyncio.sleep(3)  # the shared poll has slowed to waits of 1.28 s and more
+        quick = await held.trigger(1)
+        started = asyncio.get_running_loop().time()
+        assert (await client.handle(quick.id).wait(timeout=30)).status is RunStatus.COMPLETED
+        assert asyncio.get_running_loop().time() - started < 1.0
+        release.set()
+        assert (await long_wait).status is RunStatus.COMPLETED

@@ -35,6 +35,7 @@ class RunWaiters:
         self._marked: set[str] = set()  # runs to read in the reader's next query
         self._mark_event = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
+        self._poll = FIRST_POLL  # the next safety poll's wait
 
     async def finished(self, run_id: str, timeout: float | None) -> Run:
         """The run's snapshot once its status is terminal. Raises `RunNotFoundError`, the
@@ -42,6 +43,10 @@ class RunWaiters:
         future: asyncio.Future[Run] = asyncio.get_running_loop().create_future()
         self._finished.setdefault(run_id, []).append(future)
         # The first read is marked after registering: a notification from then on is not lost.
+        # A new caller restarts the poll's slowing down, as if it polled alone: without
+        # notifications (another process on a platform without SQLite wake-ups) a short run's
+        # result still comes in tens of milliseconds, for one query per poll at most.
+        self._poll = FIRST_POLL
         self._mark(run_id)
         try:
             async with asyncio.timeout(timeout):
@@ -84,15 +89,14 @@ class RunWaiters:
     # --- the reader --------------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
-        poll = FIRST_POLL
         while self._finished:
             if not self._marked:
                 try:
-                    async with asyncio.timeout(poll):
+                    async with asyncio.timeout(self._poll):
                         await self._mark_event.wait()
                 except TimeoutError:  # the safety poll: every waited run
                     self._marked.update(self._finished)
-                    poll = min(poll * 2, self._poll_interval)
+                    self._poll = min(self._poll * 2, self._poll_interval)
             self._mark_event.clear()
             ids = [run_id for run_id in self._marked if run_id in self._finished]
             self._marked.clear()
