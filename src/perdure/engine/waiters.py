@@ -10,6 +10,7 @@ a thousand runs cost a few queries, not a read per caller per poll.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
@@ -84,7 +85,11 @@ class RunWaiters:
         self._marked.add(run_id)
         self._mark_event.set()
         if self._reader is None or self._reader.done():
-            self._reader = asyncio.get_running_loop().create_task(self._read_loop())
+            # A context of its own: a copy of the caller's (a task body's) would keep that
+            # attempt's RunContext alive as long as the reader runs.
+            self._reader = asyncio.get_running_loop().create_task(
+                self._read_loop(), context=contextvars.Context()
+            )
 
     # --- the reader --------------------------------------------------------------------------
 
