@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any
 
-from perdure import Engine, RetryPolicy, RunContext, RunStatus
+from perdure import Engine, RetryPolicy, Run, RunContext, RunStatus, Task
 
 from .conftest import MakeEngine
 from .support import types, wait_until
@@ -159,3 +160,48 @@ async def test_a_release_at_shutdown_does_not_use_up_a_retry(
     async with second:
         # One failure out of max_attempts=2: the run gets its retry.
         assert await second.handle(handle.id).result(timeout=10) == "ok on attempt 3"
+
+
+async def test_runs_of_a_claim_in_flight_at_shutdown_go_back_to_the_queue(
+    make_engine: MakeEngine, shared_url: str
+) -> None:
+    # A claim committed in the database whose answer is still on its way when shutdown
+    # begins: its runs must be handed back, not stranded as "running" until their lease
+    # expires (and then counted as lost).
+    def build(engine: Engine) -> Task[None, str]:
+        @engine.task(id="noop")
+        async def noop(ctx: RunContext) -> str:
+            return "done"
+
+        return noop
+
+    first = make_engine()
+    noop = build(first)
+    storage = await first.open()
+    claim_runs = storage.claim_runs
+    answered = asyncio.Event()
+    claimed: list[str] = []
+
+    async def slow_answer(*args: Any, **kwargs: Any) -> list[Run]:
+        runs = await claim_runs(*args, **kwargs)
+        if runs:
+            claimed.extend(run.id for run in runs)
+            answered.set()
+            await asyncio.sleep(1)  # the answer is late; shutdown begins meanwhile
+        return runs
+
+    storage.claim_runs = slow_answer  # type: ignore[method-assign]
+    handle = await noop.trigger(None)
+    await first.start()
+    await asyncio.wait_for(answered.wait(), 10)
+    await first.shutdown(grace=5)
+    assert claimed == [handle.id]
+
+    second = make_engine()
+    build(second)
+    run = await second.get_run(handle.id)
+    assert run.status is RunStatus.QUEUED
+    assert run.lease_owner is None
+    assert run.lost_leases == 0
+    async with second:
+        assert await second.handle(handle.id).result(timeout=10) == "done"

@@ -239,11 +239,19 @@ class Worker:
             await self._breaker.wait()  # the database is unreachable: pause claims
             # Clear before claiming: a notification that lands during the claim re-wakes us.
             self._wake.clear()
-            try:
-                runs = await self.storage.claim_runs(
+            claim = self._loop.create_task(
+                self.storage.claim_runs(
                     self.id, self.queues, task_ids, limit, self.options.lease, self.clock.time()
                 )
+            )
+            try:
+                # Shielded: stop() cancels this loop, and a claim cancelled while its answer
+                # is on the way may have committed, leaving its runs leased here unseen.
+                runs = await asyncio.shield(claim)
                 self._breaker.record_success()
+            except asyncio.CancelledError:
+                await self._hand_back(claim)
+                raise
             except Exception as exc:  # the loop must outlive any failure
                 self._storage_failed("claim", exc)
                 continue
@@ -255,6 +263,31 @@ class Worker:
                         await self._wake.wait()
                 except TimeoutError:
                     pass
+
+    async def _hand_back(self, claim: asyncio.Task[list[Run]]) -> None:
+        """Release, at shutdown, the runs of a claim whose answer came after the stop: they
+        never started here, so they go back to the queue now instead of when their lease
+        expires (which would also count them as lost)."""
+        try:
+            runs = await claim
+        except Exception:  # nothing claimed, or unknown: the lease expiry covers the latter
+            return
+        if not runs:
+            return
+        try:
+            await self._retrying(
+                lambda: self.storage.release_runs(
+                    self.id, [(run.id, run.attempt) for run in runs], self.clock.time()
+                )
+            )
+        except PerdureError as exc:
+            log.error(
+                "could not release %d runs claimed as the worker stopped: %s; their leases "
+                "will expire and they will be run again",
+                len(runs),
+                exc,
+                extra={"worker_id": self.id},
+            )
 
     def _finishing_soon(self) -> bool:
         """Whether an attempt's outcome is being committed (its slot frees when it lands)."""
