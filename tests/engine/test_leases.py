@@ -5,6 +5,7 @@ a run whose worker keeps dying becomes a dead letter."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -208,3 +209,37 @@ async def test_worker_whose_lease_was_taken_over_stops_its_attempt(
         "attempt_started",
         "completed",
     ]
+
+
+async def test_a_run_leased_to_a_worker_that_is_not_running_it_is_released(
+    make_engine: MakeEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A claim committed whose answer never reached the worker (the connection dropped): the
+    # run is leased to a live worker that does not know it. Its heartbeat hands it back, and
+    # the run is not counted as lost.
+    engine = make_engine(heartbeat=0.05)
+
+    @engine.task(id="stray")
+    async def stray(ctx: RunContext) -> str:
+        return f"ran attempt {ctx.attempt}"
+
+    handle = await stray.trigger(None, delay=3600)  # not due: the worker leaves it alone
+    await engine.start()
+    storage = await engine.open()
+    worker_id = engine.worker_id
+    assert worker_id is not None
+    later = time.time() + 3600
+    (claimed,) = await storage.claim_runs(worker_id, ["default"], ["stray"], 1, LEASE, later)
+    assert claimed.id == handle.id
+
+    assert await handle.result(timeout=10) == "ran attempt 2"
+    run = await engine.get_run(handle.id)
+    assert run.lost_leases == 0
+    assert types(await engine.events(handle.id)) == [
+        "created",
+        "attempt_started",
+        "lease_released",
+        "attempt_started",
+        "completed",
+    ]
+    assert f"released 1 runs leased to worker {worker_id}" in caplog.text

@@ -6,6 +6,11 @@ cancelled from another process, or whose lease another worker recovered, is repo
 and its attempt is stopped. `check_now()` runs that check at once (a cancel notification that
 names no run: "look again").
 
+Every `interval` it also looks for strays: runs leased to this worker that it is not running,
+left by a claim whose answer never arrived (the connection dropped after its commit). One seen
+at two beats in a row (a claim under way has started its runs by the next) is released to
+the queue at once, instead of waiting out its lease and being counted as lost.
+
 Failures go to the worker's circuit breaker, which logs the outage once; while it is open the
 heartbeat retries at the breaker's pace, and it never stops beating because of an error.
 """
@@ -59,6 +64,7 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_extend = time.monotonic()
+        self._unknown: set[tuple[str, int]] = set()  # leased here, not running at the last beat
         self._breaker = breaker or CircuitBreaker(log_extra={"worker_id": worker_id})
 
     def start(self) -> None:
@@ -118,17 +124,19 @@ class Heartbeat:
 
     async def _beat(self, storage: Storage) -> None:
         attempts = self._snapshot()
-        if not attempts:
+        due = time.monotonic() - self._last_extend >= self._interval
+        if not attempts and not due:
             return
         try:
             # Opened here, not before the loop: the database may be down when the thread
             # starts, and the thread must keep beating once it is back.
             await storage.open(migrate=False)
-            if time.monotonic() - self._last_extend >= self._interval:
+            if due:
                 owned = await storage.extend_leases(
                     self._worker_id, attempts, self._lease, self._clock.time()
                 )
                 self._last_extend = time.monotonic()
+                await self._release_strays(storage, attempts)
             else:
                 owned = await storage.owned_runs(self._worker_id, attempts)
         except Exception as exc:  # the heartbeat must outlive any failure
@@ -140,3 +148,25 @@ class Heartbeat:
         lost = [(run_id, attempt) for run_id, attempt in attempts if run_id not in owned]
         if lost:
             self._on_lost(lost)
+
+    async def _release_strays(self, storage: Storage, running: Attempts) -> None:
+        # `running` was taken before this read: a run claimed since is in neither this
+        # beat's strays nor, once started, the next one's.
+        unknown = set(await storage.leased_runs(self._worker_id)).difference(running)
+        strays = unknown & self._unknown
+        self._unknown = unknown - strays
+        strays.difference_update(self._snapshot())
+        if not strays:
+            return
+        # Fenced on (run, attempt, this worker, running): a run recovered or finished since
+        # is left alone. Only claims start runs here, and no claim returns a running run.
+        released = await storage.release_runs(self._worker_id, sorted(strays), self._clock.time())
+        if released:
+            log.warning(
+                "released %d runs leased to worker %s that it was not running (a claim whose "
+                "answer was lost): %s",
+                released,
+                self._worker_id,
+                ", ".join(run_id for run_id, _ in sorted(strays)),
+                extra={"worker_id": self._worker_id},
+            )

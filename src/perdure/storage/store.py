@@ -370,6 +370,12 @@ class Storage(StepStore, QueueStore):
             )
         return {row["id"] for row in rows}
 
+    async def leased_runs(self, worker_id: str) -> list[tuple[str, int]]:
+        """Every (run id, attempt) leased to this worker now (a read)."""
+        async with self.db.reader() as tx:
+            rows = await tx.fetchall("leased_runs", {"worker_id": worker_id})
+        return [(row["id"], row["attempt"]) for row in rows]
+
     async def finish_attempts(
         self, worker_id: str, outcomes: Sequence[Outcome], now: float
     ) -> list[bool]:

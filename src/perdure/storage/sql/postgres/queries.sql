@@ -196,6 +196,10 @@ FROM owned
 WHERE r.id = owned.id
 RETURNING r.id;
 
+-- name: leased_runs
+-- Every attempt leased to one worker (its heartbeat's check for runs it is not running).
+SELECT id, attempt FROM perdure_runs WHERE lease_owner = %(worker_id)s AND status = 'running';
+
 -- name: owned_runs
 SELECT r.id FROM perdure_runs AS r
 JOIN (

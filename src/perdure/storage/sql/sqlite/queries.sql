@@ -113,6 +113,10 @@ WHERE lease_owner = :worker_id AND status = 'running'
   AND id || ':' || attempt IN (SELECT value FROM json_each(:attempts))
 RETURNING id;
 
+-- name: leased_runs
+-- Every attempt leased to one worker (its heartbeat's check for runs it is not running).
+SELECT id, attempt FROM perdure_runs WHERE lease_owner = :worker_id AND status = 'running';
+
 -- name: owned_runs
 SELECT id FROM perdure_runs
 WHERE lease_owner = :worker_id AND status = 'running'
