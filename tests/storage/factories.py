@@ -63,7 +63,7 @@ def new_run(
 async def create(storage: Storage, *runs: NewRun, now: float = T0) -> list[Run]:
     results = await storage.create_runs(runs or [new_run()], now)
     assert all(created for _, created in results)
-    return [run for run, _ in results]
+    return await storage.get_runs([run_id for run_id, _ in results])
 
 
 async def create_one(storage: Storage, now: float = T0, **options: Any) -> Run:

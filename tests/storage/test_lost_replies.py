@@ -29,7 +29,7 @@ async def test_a_trigger_whose_reply_was_lost_reports_the_runs_it_created(
     results = await storage.create_runs(runs, T0)
 
     assert sent() == 2, "the statement was sent again"
-    assert [(run.id, created) for run, created in results] == [(r.id, True) for r in runs]
+    assert results == [(r.id, True) for r in runs]
     stored = await storage.get_runs([r.id for r in runs])
     assert [run.id for run in stored] == [r.id for r in runs]
     for run in runs:
@@ -53,7 +53,9 @@ async def test_statements_prepared_before_a_migration_added_a_column_are_prepare
 ) -> None:
     """A newer version's migration adds a column while this one runs: PostgreSQL refuses the
     `SELECT *` / `RETURNING *` statements the pooled connections prepared before, for good."""
-    created = [run for run, _ in await storage.create_runs([new_run() for _ in range(3)], T0)]
+    created = await storage.get_runs(
+        [run_id for run_id, _ in await storage.create_runs([new_run() for _ in range(3)], T0)]
+    )
     for _ in range(8):  # past psycopg's prepare threshold, on whichever connections serve
         await storage.get_runs([run.id for run in created])
         await storage.get_run(created[0].id)

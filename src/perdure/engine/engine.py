@@ -441,7 +441,7 @@ class Engine(QueueOps):
         results = await storage.create_runs(new_runs, now)
         if self._worker is not None and new_runs and new_runs[0].status is RunStatus.DELAYED:
             self._worker.wake_at(new_runs[0].available_at)
-        return [RunHandle(self, run.id, out_codec) for run, _ in results]
+        return [RunHandle(self, run_id, out_codec) for run_id, _ in results]
 
     async def _create_sleeping(
         self, task: SleepingTask[Out], inputs: Sequence[Any], new_runs: list[NewRun], now: float

@@ -391,7 +391,7 @@ class Worker:
                 outcome = None  # someone else owns the run now; our result must not land
             if outcome is not None:
                 attempt.finishing = True
-                if run.parent_id is not None:  # its commit settles the parent's wait
+                if run.parent_id != outcome.parent_id:  # its commit settles the parent's wait
                     outcome = dataclasses.replace(outcome, parent_id=run.parent_id)
                 applied = await self._submit(outcome)
                 if not applied:
@@ -504,7 +504,13 @@ class Worker:
                 "max_payload_bytes)"
             )
             return self._failure(run, error, retryable=False)
-        return Outcome(run.id, run.attempt, RunStatus.COMPLETED, output_json=output_json)
+        return Outcome(
+            run.id,
+            run.attempt,
+            RunStatus.COMPLETED,
+            output_json=output_json,
+            parent_id=run.parent_id,
+        )
 
     def _timed_out(self, attempt: Attempt) -> Outcome:
         run = attempt.run

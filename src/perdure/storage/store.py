@@ -8,15 +8,12 @@ transition table as Python.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from pydantic_core import to_json
 
-from perdure.core.clock import to_datetime
 from perdure.core.errors import ErrorInfo, StorageError, WorkerLostError
 from perdure.core.limits import QueueLimits
 from perdure.core.models import NewRun, Outcome, Run, RunEvent, RunPage, TaskInfo
@@ -41,7 +38,7 @@ from perdure.storage.outcomes import (
 )
 from perdure.storage.queries import load_migrations
 from perdure.storage.queues import QueueStore, row_to_queue
-from perdure.storage.rows import dumps, loads_json, row_to_event, row_to_run, row_to_task
+from perdure.storage.rows import dumps, row_to_event, row_to_run, row_to_task
 from perdure.storage.steps import StepStore, cancel_descendants, settle_child_waits
 from perdure.storage.writes import CreatedData, EventLog, add_started_events, run_insert_params
 
@@ -121,22 +118,22 @@ class Storage(StepStore, QueueStore):
 
     # --- creating runs -----------------------------------------------------------------------
 
-    async def create_runs(self, runs: Sequence[NewRun], now: float) -> list[tuple[Run, bool]]:
-        """Insert runs in one transaction. A run whose idempotency key is live returns the
-        existing run instead (`created=False`); the unique index makes concurrent duplicate
-        triggers collapse into one row even across processes."""
+    async def create_runs(self, runs: Sequence[NewRun], now: float) -> list[tuple[str, bool]]:
+        """Insert runs in one transaction; returns `(run id, created)` per run, in order. A run
+        whose idempotency key is live returns the existing run's id instead (`created=False`);
+        the unique index makes concurrent duplicate triggers collapse into one row even across
+        processes. Ids only: building each stored run back was a fifth of a bulk trigger."""
         unkeyed = all(new.idempotency_key is None for new in runs)
         if runs and unkeyed and self.db.writes_in_one_statement:
             created = await self._create_at_once(runs, now)
             if created is not None:
                 return created
-        results: list[tuple[Run, bool]] = []
+        results: list[tuple[str, bool]] = []
         events = EventLog()
         # Runs without an idempotency key cannot collide with anything: one batch statement
         # inserts them all; keyed runs take the per-row path that looks for a live duplicate.
         plain: list[dict[str, Any]] = []
         created_data = CreatedData()
-        created_at = datetime.fromtimestamp(now, UTC)
         async with self.db.transaction() as tx:
             await self.check_backpressure(tx, runs, now)
             for new in runs:
@@ -153,10 +150,10 @@ class Storage(StepStore, QueueStore):
                         if existing is None:
                             raise StorageError(f"run {new.id!r} could not be inserted")
                     if existing is not None:
-                        results.append((row_to_run(existing), False))
+                        results.append((existing["id"], False))
                         continue
                 events.add_json(new.id, 1, "created", now, created_data(new))
-                results.append((self._fresh_run(new, now, created_at, params), True))
+                results.append((new.id, True))
             # Fresh ids: a clash would fail the transaction, so nothing reads the result and
             # on PostgreSQL the insert travels with the events and COMMIT (one round trip).
             await tx.defer_batch("insert_runs", plain)
@@ -167,7 +164,7 @@ class Storage(StepStore, QueueStore):
 
     async def _create_at_once(
         self, runs: Sequence[NewRun], now: float
-    ) -> list[tuple[Run, bool]] | None:
+    ) -> list[tuple[str, bool]] | None:
         """PostgreSQL: runs without idempotency keys, their `created` events and the NOTIFY
         in ONE autocommit statement (one round trip instead of two, a sixth of the
         statements), which writes nothing when one of their queues has a depth cap; `None`
@@ -176,16 +173,13 @@ class Storage(StepStore, QueueStore):
         connection found broken, it is replayed on another; had the first one committed, the
         replay fails on its fresh run ids (ConflictError), writes nothing twice, and the
         trigger reports the runs the first one created."""
-        created_at = datetime.fromtimestamp(now, UTC)
         created_data = CreatedData()
         events = EventLog()
         rows: list[dict[str, Any]] = []
-        results: list[tuple[Run, bool]] = []
         for new in runs:
-            params = run_insert_params(new, now)
-            rows.append(params)
+            rows.append(run_insert_params(new, now))
             events.add_json(new.id, 1, "created", now, created_data(new))
-            results.append((self._fresh_run(new, now, created_at, params), True))
+        results = [(new.id, True) for new in runs]
         tx: Tx | None = None
         try:
             async with self.db.statement() as tx:
@@ -206,36 +200,6 @@ class Storage(StepStore, QueueStore):
                 raise
             return results
         return results if int(row["inserted"]) == len(rows) else None
-
-    @staticmethod
-    def _fresh_run(new: NewRun, now: float, created: datetime, params: dict[str, Any]) -> Run:
-        """The run just inserted with `params` at `now` (`created`), as `get_run` reads it."""
-        return Run(
-            id=new.id,
-            task_id=new.task_id,
-            status=new.status,
-            attempt=0,
-            input=json.loads(new.input_json),
-            output=None,
-            error=None,
-            queue=new.queue,
-            priority=new.priority,
-            tags=loads_json(params["tags"]) if new.tags else [],
-            metadata=loads_json(params["metadata"]) if new.metadata else {},
-            idempotency_key=new.idempotency_key,
-            parent_id=new.parent_id,
-            root_id=params["root_id"],
-            created_at=created,
-            started_at=None,
-            finished_at=None,
-            updated_at=created,
-            available_at=created if new.available_at == now else to_datetime(new.available_at),
-            expires_at=to_datetime(new.expires_at),
-            max_attempts=new.max_attempts,
-            timeout=new.timeout,
-            version=new.version,
-            concurrency_key=new.concurrency_key,
-        )
 
     # --- the worker's side -------------------------------------------------------------------
 
