@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 
@@ -242,4 +243,59 @@ async def test_a_run_leased_to_a_worker_that_is_not_running_it_is_released(
         "attempt_started",
         "completed",
     ]
-    assert f"released 1 runs leased to worker {worker_id}" in caplog.text
+    released = f"released 1 runs leased to worker {worker_id}"
+    await wait_until(lambda: released in caplog.text, what="the heartbeat's warning")
+
+
+async def test_a_claim_answered_while_the_loop_is_blocked_is_not_taken_for_a_stray(
+    make_engine: MakeEngine, backend: str, clock: ManualClock
+) -> None:
+    # A PostgreSQL claim commits on the server while a CPU-bound body blocks the event loop;
+    # its answer waits in the socket. The heartbeat (its own thread) sees the run leased to
+    # its worker at several beats without the worker running it. Released, the run would be
+    # claimed again and run twice once the loop resumes and starts it.
+    if backend != "postgres":
+        pytest.skip("a PostgreSQL claim commits on the server while the client loop is blocked")
+    engine = make_engine(clock=clock, heartbeat=0.1, lease=30)
+    executions: list[int] = []
+    claiming = asyncio.Event()
+
+    @engine.task(id="hog")
+    async def hog(ctx: RunContext) -> str:
+        await claiming.wait()
+        deadline = time.monotonic() + 1.0  # CPU-bound work: blocks the loop for 10 beats
+        while time.monotonic() < deadline:
+            pass
+        return "hogged"
+
+    @engine.task(id="victim")
+    async def victim(ctx: RunContext) -> str:
+        executions.append(ctx.attempt)
+        return "done"
+
+    storage = await engine.open()
+    claim_runs = storage.claim_runs
+    armed = False
+
+    async def watched_claim(*args: Any, **kwargs: Any) -> list[Run]:
+        nonlocal armed
+        if armed:
+            armed = False
+            claiming.set()  # hog blocks the loop once this claim has been sent
+        return await claim_runs(*args, **kwargs)
+
+    storage.claim_runs = watched_claim  # type: ignore[method-assign]
+    await engine.start()
+    hogging = await hog.trigger(None)
+    worker = engine._worker  # pyright: ignore[reportPrivateUsage]
+    assert worker is not None
+    await wait_until(lambda: bool(worker.active), what="hog to start")
+    handle = await victim.trigger(None, delay=60)  # due only once the clock moves
+    armed = True
+    clock.advance(61)
+    engine.wake()
+    assert await hogging.result(timeout=10) == "hogged"
+    assert await handle.result(timeout=10) == "done"
+    run = await engine.get_run(handle.id)
+    assert (run.attempt, executions) == (1, [1])
+    assert "lease_released" not in types(await engine.events(handle.id))

@@ -166,3 +166,34 @@ async def test_body_swallowing_the_timeout_cancellation_is_still_timed_out(
     assert swallowed.output is None
     assert converted.status is RunStatus.TIMED_OUT
     assert converted.attempt == 1
+
+
+async def test_a_timed_out_def_body_that_runs_on_starts_no_new_step(engine: Engine) -> None:
+    # The abandoned body keeps running in its thread; a step it reaches afterwards must not
+    # run (its record would be refused, but its side effect would have happened).
+    effects: list[str] = []
+    finished = threading.Event()
+    outcome: list[str] = []
+
+    def charge_card() -> str:
+        effects.append("charged")
+        return "ok"
+
+    @engine.task(id="slow-sync", timeout=0.2)
+    def slow_sync(ctx: RunContext) -> str:
+        try:
+            ctx.cancelled.wait_sync(10)  # set at the timeout
+            return ctx.step_sync("charge", charge_card)
+        except BaseException as exc:
+            outcome.append(type(exc).__name__)
+            raise
+        finally:
+            finished.set()
+
+    async with engine:
+        handle = await slow_sync.trigger(None)
+        run = await handle.wait(timeout=10)
+        assert run.status is RunStatus.TIMED_OUT
+        await wait_until(finished.is_set, what="the abandoned body to end")
+    assert effects == []
+    assert outcome == ["LeaseLost"]

@@ -12,6 +12,7 @@ import pytest
 from perdure.core.errors import DuplicateRunError
 from perdure.core.models import Run, StepRecord
 from perdure.storage import Storage
+from perdure.storage.database import ConflictError
 from perdure.storage.steps import Fence
 from tests.storage.factories import LEASE, T0, claim, claim_one, create, create_one, new_run
 
@@ -159,6 +160,31 @@ async def test_a_token_id_taken_by_another_run_is_refused(storage: Storage) -> N
 
     assert await storage.load_steps(second.id) == []
     assert await recorded_events(storage, second.id) == []
+
+
+async def test_progress_batched_with_another_runs_refused_record_is_still_written(
+    storage: Storage,
+) -> None:
+    # On PostgreSQL, writes that arrive while one is under way go out together in one
+    # statement; another run's conflict aborts that statement, not these events.
+    await create(storage, *[new_run() for _ in range(3)])
+    busy, taker, chatty = await claim(storage, "w1", limit=3)
+    fence = {run.id: Fence(run.id, run.attempt, "w1") for run in (busy, taker, chatty)}
+    assert await storage.record_steps(fence[busy.id], [step(busy, 0, "first")], T0)
+
+    results = await asyncio.gather(
+        storage.record_steps(fence[busy.id], [step(busy, 1)], T0 + 1),  # written at once
+        storage.record_steps(fence[taker.id], [step(taker, 0)], T0 + 1),  # these two wait
+        storage.record_steps(fence[busy.id], [step(busy, 0, "again")], T0 + 1),  # refused
+        storage.append_events(fence[chatty.id], [("progress", {"data": 50})], T0 + 1),
+        return_exceptions=True,
+    )
+
+    assert results[:2] == [True, True]
+    assert isinstance(results[2], ConflictError)
+    assert results[3] is True
+    [progress] = [e for e in await storage.get_events(chatty.id) if e.type == "progress"]
+    assert progress.data == {"data": 50}
 
 
 async def test_recording_the_same_record_again_is_idempotent(storage: Storage) -> None:

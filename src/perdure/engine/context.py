@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import threading
 from collections.abc import Awaitable, Callable
@@ -216,7 +217,9 @@ class RunContext:
     # --- observability -----------------------------------------------------------------------
 
     def progress(self, data: Any) -> None:
-        """Record a progress event (written with the next durable call or at attempt end)."""
+        """Record a progress event (written with the next durable call or at attempt end).
+        `data` must be JSON-serializable: checked here, where the mistake is made."""
+        _check_json("data", data)
         self._buffer_event("progress", {"data": data})
 
     def _buffer_event(self, type_: str, data: dict[str, Any]) -> None:
@@ -240,8 +243,16 @@ class RunContext:
             await storage.append_events(self._durable.fence, events, now)
         if self.metadata != self._saved_metadata:
             snapshot = dict(self.metadata)
+            _check_json("ctx.metadata", snapshot)
             if await storage.update_metadata(self._durable.fence, snapshot, now):
                 self._saved_metadata = snapshot
+
+
+def _check_json(option: str, value: Any) -> None:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidOptionError(option, f"JSON-serializable values ({exc})", value) from None
 
 
 def _retry(value: Any) -> RetryPolicy | None:

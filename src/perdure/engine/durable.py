@@ -237,6 +237,10 @@ class Durable:
             return _replayed(record, codec)
         failures = 0
         while True:
+            if self.ctx.cancelled.is_set():
+                # Stopped (cancelled, timed out, lease lost, released at shutdown): a body
+                # that runs on, as a `def` body does in its thread, starts no new side effect.
+                raise LeaseLost(f"run {self.run.id} was stopped; step {name!r} did not run")
             try:
                 if in_thread:
                     result = await asyncio.get_running_loop().run_in_executor(

@@ -46,6 +46,7 @@ class Heartbeat:
         clock: Clock,
         snapshot: Callable[[], Attempts],
         on_lost: Callable[[Attempts], None],
+        claims: Callable[[], tuple[int, int]] = lambda: (0, 0),
         breaker: CircuitBreaker | None = None,
     ) -> None:
         self._main_storage = storage
@@ -64,7 +65,9 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_extend = time.monotonic()
+        self._claims = claims  # (claims sent, claims done) by the worker
         self._unknown: set[tuple[str, int]] = set()  # leased here, not running at the last beat
+        self._unknown_sent = 0  # claims sent before the read that found `_unknown`
         self._breaker = breaker or CircuitBreaker(log_extra={"worker_id": worker_id})
 
     def start(self) -> None:
@@ -123,6 +126,7 @@ class Heartbeat:
                 await asyncio.wait_for(self._poked_on_loop.wait(), interval)
 
     async def _beat(self, storage: Storage) -> None:
+        claims_done = self._claims()[1]  # before the snapshot: their runs are in it
         attempts = self._snapshot()
         due = time.monotonic() - self._last_extend >= self._interval
         if not attempts and not due:
@@ -136,7 +140,7 @@ class Heartbeat:
                     self._worker_id, attempts, self._lease, self._clock.time()
                 )
                 self._last_extend = time.monotonic()
-                await self._release_strays(storage, attempts)
+                await self._release_strays(storage, attempts, claims_done)
             else:
                 owned = await storage.owned_runs(self._worker_id, attempts)
         except Exception as exc:  # the heartbeat must outlive any failure
@@ -149,12 +153,16 @@ class Heartbeat:
         if lost:
             self._on_lost(lost)
 
-    async def _release_strays(self, storage: Storage, running: Attempts) -> None:
-        # `running` was taken before this read: a run claimed since is in neither this
-        # beat's strays nor, once started, the next one's.
+    async def _release_strays(self, storage: Storage, running: Attempts, claims_done: int) -> None:
+        # A run is leased here only by a claim sent before the read that finds it. Once every
+        # claim sent before the last beat's read is done (its runs started, or it failed), a
+        # run found then and now but in neither snapshot was lost by its claim. Counting
+        # claims, not time, keeps a claim whose answer waits behind a blocked loop out of it.
+        sent = self._claims()[0]
         unknown = set(await storage.leased_runs(self._worker_id)).difference(running)
-        strays = unknown & self._unknown
-        self._unknown = unknown - strays
+        settled = claims_done >= self._unknown_sent
+        strays: set[tuple[str, int]] = unknown & self._unknown if settled else set()
+        self._unknown, self._unknown_sent = unknown - strays, sent
         strays.difference_update(self._snapshot())
         if not strays:
             return

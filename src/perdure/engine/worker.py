@@ -138,12 +138,17 @@ class Worker:
             check_interval=min(options.poll_interval, options.heartbeat),
             clock=self.clock,
             snapshot=self._lease_snapshot,
+            claims=lambda: (self.claims_sent, self.claims_done),
             on_lost=self._report_lost,
             breaker=self._breaker,
         )
         self._timer: asyncio.TimerHandle | None = None
         self._next_wake: float | None = None
         self._last_prune = 0.0
+        #: Claims sent and claims whose runs were started (or that failed): written on the
+        #: loop, read by the heartbeat thread, which must not take a claim's runs for strays.
+        self.claims_sent = 0
+        self.claims_done = 0
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -183,11 +188,11 @@ class Worker:
                     await asyncio.gather(*waits)
             except TimeoutError:
                 pass
-        remaining = [a for a in self.active.values() if not a.finishing]
-        if remaining:
-            for attempt in remaining:
-                attempt.stop(STOP_SHUTDOWN)
-            await asyncio.gather(*(a.done.wait() for a in remaining))
+        for attempt in [a for a in self.active.values() if not a.finishing]:
+            attempt.stop(STOP_SHUTDOWN)
+        # Every attempt, the finishing ones too: a suspension or outcome still being written
+        # must land (or give up at the deadline, see `_retrying`) before the storage closes.
+        await asyncio.gather(*(a.done.wait() for a in list(self.active.values())))
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
         if self._timer is not None:
@@ -239,6 +244,7 @@ class Worker:
             await self._breaker.wait()  # the database is unreachable: pause claims
             # Clear before claiming: a notification that lands during the claim re-wakes us.
             self._wake.clear()
+            self.claims_sent += 1
             claim = self._loop.create_task(
                 self.storage.claim_runs(
                     self.id, self.queues, task_ids, limit, self.options.lease, self.clock.time()
@@ -249,14 +255,16 @@ class Worker:
                 # is on the way may have committed, leaving its runs leased here unseen.
                 runs = await asyncio.shield(claim)
                 self._breaker.record_success()
+                for run in runs:
+                    self._start_attempt(run)
             except asyncio.CancelledError:
                 await self._hand_back(claim)
                 raise
             except Exception as exc:  # the loop must outlive any failure
                 self._storage_failed("claim", exc)
                 continue
-            for run in runs:
-                self._start_attempt(run)
+            finally:
+                self.claims_done += 1  # after its runs entered `_leases` (see Heartbeat)
             if len(runs) < limit:
                 try:
                     async with asyncio.timeout(self.options.poll_interval):
@@ -347,11 +355,37 @@ class Worker:
                 RunStatus.FAILED,
                 error=ErrorInfo.from_exception(exc, retryable=False),
             )
+        try:
+            await self._conclude(attempt, outcome, suspend)
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # never skip the cleanup below: the slot and the lease go with it
+            log.exception("internal error ending %s", run.id, extra=_extra(run, self.id))
+        finally:
+            # A newer attempt of the same run may have replaced this one: leave its entries.
+            if self.active.get(run.id) is attempt:
+                del self.active[run.id]
+            with self._leases_lock:
+                if self._leases.get(run.id) == run.attempt:
+                    del self._leases[run.id]
+            attempt.done.set()
+            self._slot_freed.set()
+            self._wake.set()
+            self.engine._attempt_finished(run.id)  # pyright: ignore[reportPrivateUsage]
+
+    async def _conclude(
+        self, attempt: Attempt, outcome: Outcome | None, suspend: Suspend | None
+    ) -> None:
+        """The writes that end an attempt whose body is over: buffered events, then its
+        suspension, outcome or release. Each is fenced, and bounded at shutdown by `_retrying`."""
+        run = attempt.run
         waits = suspend is not None and not suspend.committed
         if attempt.stop_reason is None and (outcome is not None or waits):
+            # From here on a stop must not cut these writes short (`Attempt.stop`).
+            attempt.finishing = True
             try:
                 await attempt.ctx._flush_events()  # pyright: ignore[reportPrivateUsage]
-            except PerdureError as exc:
+            except Exception as exc:  # the outcome must still be recorded
                 log.warning(
                     "could not record progress/metadata of %s: %s",
                     run.id,
@@ -359,7 +393,6 @@ class Worker:
                     extra=_extra(run, self.id),
                 )
         if suspend is not None and not suspend.committed and attempt.stop_reason is None:
-            attempt.finishing = True
             try:
                 suspended = await self._retrying(
                     lambda: self.storage.suspend(
@@ -408,8 +441,6 @@ class Worker:
                 await self._retrying(
                     lambda: self.storage.release_runs(self.id, [attempt.key], self.clock.time())
                 )
-        except asyncio.CancelledError:
-            pass
         except PerdureError as exc:
             log.error(
                 "could not record the outcome of %s attempt %d: %s; the lease will "
@@ -419,17 +450,6 @@ class Worker:
                 exc,
                 extra=_extra(run, self.id),
             )
-        finally:
-            # A newer attempt of the same run may have replaced this one: leave its entries.
-            if self.active.get(run.id) is attempt:
-                del self.active[run.id]
-            with self._leases_lock:
-                if self._leases.get(run.id) == run.attempt:
-                    del self._leases[run.id]
-            attempt.done.set()
-            self._slot_freed.set()
-            self._wake.set()
-            self.engine._attempt_finished(run.id)  # pyright: ignore[reportPrivateUsage]
 
     async def _execute(self, attempt: Attempt) -> Outcome:
         run, task, ctx = attempt.run, attempt.task, attempt.ctx

@@ -65,10 +65,11 @@ class GroupCommit:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writer: asyncio.Task[None] | None = None
 
-    async def record(self, records: Records) -> bool:
+    async def record(self, records: Records, *, alone: bool = False) -> bool:
         """True: written. False: the attempt failed its fence; nothing was written.
-        `ConflictError`: a position or token id is taken; nothing was written."""
-        if not self.db.writes_in_one_statement:
+        `ConflictError`: a position or token id is taken (by these records or, batched, by
+        another run's); nothing was written. `alone`: in a statement of their own."""
+        if alone or not self.db.writes_in_one_statement:
             return records.fence["id"] in await self._write([records])
         loop = asyncio.get_running_loop()
         if not self._busy:

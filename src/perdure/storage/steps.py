@@ -166,16 +166,20 @@ class StepStore:
                 return await self._group_commit().record(_records(fence, steps, now))
             except ConflictError:
                 pass  # a position or token id is taken: the transaction below says which
-            try:
-                return await self._record_in_transaction(fence, steps, now)
-            except _PositionTakenError:
-                # A statement whose connection broke may have committed before it was retried.
-                if await self._recorded_by(fence, steps):
-                    return True
-                raise
-        return await self._record_in_transaction(
-            fence, steps, now, children=children, child_steps=child_steps
-        )
+        try:
+            return await self._record_in_transaction(
+                fence, steps, now, children=children, child_steps=child_steps
+            )
+        except _PositionTakenError:
+            # A commit whose reply was lost, tried again (Worker.durable_write): the first
+            # try wrote these very records, children included (one transaction).
+            if await self._recorded_by(fence, steps):
+                return True
+            positions = ", ".join(str(step.position) for step in steps)
+            raise ConflictError(
+                f"run {fence.run_id} attempt {fence.attempt}: position(s) {positions} are "
+                "already recorded with other calls; nothing was stored"
+            ) from None
 
     def _group_commit(self) -> GroupCommit:
         if self._records_writer is None:
@@ -373,9 +377,18 @@ class StepStore:
             {"run_id": fence.run_id, "n": i, "type": type_, "at": now, "data": dumps(data)}
             for i, (type_, data) in enumerate(events_data, start=1)
         ]
-        return await self._group_commit().record(
-            Records(fence=_fence_row(fence, len(events), now), steps=[], events=events)
-        )
+        writer = self._group_commit()
+        try:
+            return await writer.record(
+                Records(fence=_fence_row(fence, len(events), now), steps=[], events=events)
+            )
+        except ConflictError:
+            # Another run's record in the same batch was refused (a taken token id): events
+            # take no position, so written alone they conflict with nothing.
+            return await writer.record(
+                Records(fence=_fence_row(fence, len(events), now), steps=[], events=events),
+                alone=True,
+            )
 
     async def fork_run(self, new_run: NewRun, source_run_id: str, upto: int, now: float) -> None:
         """Create `new_run` with the source's step records before position `upto` (one
