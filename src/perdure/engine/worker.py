@@ -51,6 +51,7 @@ from perdure.engine.config import EngineOptions
 from perdure.engine.context import RunContext
 from perdure.engine.durable import LeaseLost, Suspend, current_context
 from perdure.engine.heartbeat import Heartbeat
+from perdure.engine.maintenance import Sweeper
 from perdure.storage import Storage
 from perdure.storage.database import ConflictError
 from perdure.storage.steps import Fence
@@ -144,7 +145,15 @@ class Worker:
         )
         self._timer: asyncio.TimerHandle | None = None
         self._next_wake: float | None = None
-        self._last_prune = 0.0
+        self._sweeper = Sweeper(
+            storage=storage,
+            options=options,
+            breaker=self._breaker,
+            finished=engine._attempt_finished,  # pyright: ignore[reportPrivateUsage]
+            failed=lambda exc: self._storage_failed("maintenance", exc),
+            stopping=lambda: self._stopping,
+            worker_id=self.id,
+        )
         #: Claims sent and claims whose runs were started (or that failed): written on the
         #: loop, read by the heartbeat thread, which must not take a claim's runs for strays.
         self.claims_sent = 0
@@ -159,7 +168,7 @@ class Worker:
         self._heartbeat.start()
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="perdure-claim"),
-            asyncio.create_task(self._maintenance_loop(), name="perdure-maintenance"),
+            asyncio.create_task(self._sweeper.loop(), name="perdure-maintenance"),
         ]
         log.info(
             "worker %s started: queues=%s concurrency=%d tasks=%d",
@@ -750,56 +759,8 @@ class Worker:
             )
             attempt.stop(STOP_LEASE_LOST)
 
-    async def _maintenance_loop(self) -> None:
-        interval = min(1.0, self.options.lease / 4, self.options.poll_interval * 2)
-        while not self._stopping:
-            await self._breaker.wait()
-            await self.run_maintenance(recover_leases=not self._holding_recovery())
-            await asyncio.sleep(interval)
-
-    def _holding_recovery(self) -> bool:
-        """Right after a database outage, leases that expired during it mostly belong to
-        live workers that are reconnecting: give them as long as the outage lasted (plus the
-        breaker's longest retry wait, at most one lease) to renew before taking their runs.
-        While the breaker is open, this sweep is a probe: it recovers nothing either."""
-        if self._breaker.is_open:
-            return True
-        closed_at = self._breaker.closed_at
-        if closed_at is None:
-            return False
-        hold = min(self.options.lease, self._breaker.last_outage + self._breaker.max_delay)
-        return time.monotonic() - closed_at < hold
-
     async def run_maintenance(self, *, recover_leases: bool = True) -> None:
-        """Recover expired leases and expire runs whose TTL passed (safe on every worker:
-        each row changes under a conditional UPDATE, so concurrent sweepers don't collide)."""
-        try:
-            now = self.clock.time()
-            recovered = (
-                await self.storage.recover_expired_leases(now, self.options.max_lost_leases)
-                if recover_leases
-                else []
-            )
-            for run in recovered:
-                log.warning(
-                    "recovered run %s from a lost lease (%d lost so far) -> %s",
-                    run.id,
-                    run.lost_leases,
-                    run.status.value,
-                    extra=_extra(run, self.id),
-                )
-                if run.status.is_terminal:
-                    self.engine._attempt_finished(run.id)  # pyright: ignore[reportPrivateUsage]
-            await self.storage.wake_missed(now)
-            if now - self._last_prune >= 60.0:  # rate-limit history: keep the table small
-                await self.storage.prune_rate_starts(now)
-                self._last_prune = now
-            expired = await self.storage.expire_runs(now)
-            for run_id in expired:
-                self.engine._attempt_finished(run_id)  # pyright: ignore[reportPrivateUsage]
-            self._breaker.record_success()
-        except Exception as exc:  # the loop must outlive any failure
-            self._storage_failed("maintenance", exc)
+        await self._sweeper.run(recover_leases=recover_leases)
 
 
 _UNLIMITED = contextlib.nullcontext()
