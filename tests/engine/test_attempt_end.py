@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from perdure import Engine, InvalidOptionError, RunContext, RunStatus
+from perdure import Engine, InvalidOptionError, RunContext, RunHandle, RunStatus
+from perdure.engine.worker import Worker
 from perdure.storage import Storage
 
 from .conftest import MakeEngine
@@ -47,26 +48,29 @@ async def shut_down(engine: Engine, grace: float, timeout: float = 10) -> None:
     raise AssertionError("engine.shutdown() hung")
 
 
-def define_chatty(engine: Engine) -> Any:
+async def chatty_run_flushing(engine: Engine) -> tuple[Worker, RunHandle[Any], asyncio.Event]:
+    """A started worker whose run returned and is now flushing its progress, held there until
+    the returned event is set: (the worker, the run, that event)."""
+
     @engine.task(id="chatty")
     async def chatty(ctx: RunContext) -> str:
         ctx.progress({"pct": 100})
         return "done"
 
-    return chatty
-
-
-async def test_a_shutdown_during_the_last_event_flush_still_records_the_outcome(
-    make_engine: MakeEngine, shared_url: str
-) -> None:
-    engine = make_engine()
-    chatty = define_chatty(engine)
     entered, release = hold_event_writes(await engine.open())
     await engine.start()
     worker = engine._worker  # pyright: ignore[reportPrivateUsage]
     assert worker is not None
     handle = await chatty.trigger(None)
     await asyncio.wait_for(entered.wait(), 10)
+    return worker, handle, release
+
+
+async def test_a_shutdown_during_the_last_event_flush_still_records_the_outcome(
+    make_engine: MakeEngine, shared_url: str
+) -> None:
+    engine = make_engine()
+    worker, handle, release = await chatty_run_flushing(engine)
 
     shutdown = asyncio.ensure_future(shut_down(engine, grace=0))
     await wait_until(lambda: worker._stopping, what="the stop")  # pyright: ignore[reportPrivateUsage]
@@ -80,13 +84,7 @@ async def test_a_shutdown_during_the_last_event_flush_still_records_the_outcome(
 
 
 async def test_a_cancel_during_the_last_event_flush_frees_the_slot(engine: Engine) -> None:
-    chatty = define_chatty(engine)
-    entered, release = hold_event_writes(await engine.open())
-    await engine.start()
-    worker = engine._worker  # pyright: ignore[reportPrivateUsage]
-    assert worker is not None
-    handle = await chatty.trigger(None)
-    await asyncio.wait_for(entered.wait(), 10)
+    worker, handle, release = await chatty_run_flushing(engine)
 
     await engine.cancel(handle.id)
     await wait_for_status(engine, handle.id, RunStatus.CANCELLED)
