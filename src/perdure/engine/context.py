@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import threading
 from collections.abc import Awaitable, Callable
@@ -16,6 +15,7 @@ from perdure.core.models import Run
 from perdure.core.retry import RetryPolicy
 from perdure.engine.durable import Durable, Token, duration, timestamp
 from perdure.engine.sync import run_sync
+from perdure.storage.rows import dumps
 
 if TYPE_CHECKING:
     from perdure.engine.engine import Engine
@@ -250,7 +250,7 @@ class RunContext:
 
 def _check_json(option: str, value: Any) -> None:
     try:
-        json.dumps(value)
+        dumps(value)  # storage's own encoder: what it would refuse at the write
     except (TypeError, ValueError) as exc:
         raise InvalidOptionError(option, f"JSON-serializable values ({exc})", value) from None
 

@@ -8,8 +8,8 @@ names no run: "look again").
 
 Every `interval` it also looks for strays: runs leased to this worker that it is not running,
 left by a claim whose answer never arrived (the connection dropped after its commit). One seen
-at two beats in a row (a claim under way has started its runs by the next) is released to
-the queue at once, instead of waiting out its lease and being counted as lost.
+at two beats in a row, once every claim sent before the first sighting has been handled, is
+released to the queue at once, instead of waiting out its lease and being counted as lost.
 
 Failures go to the worker's circuit breaker, which logs the outage once; while it is open the
 heartbeat retries at the breaker's pace, and it never stops beating because of an error.

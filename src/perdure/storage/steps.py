@@ -378,17 +378,17 @@ class StepStore:
             for i, (type_, data) in enumerate(events_data, start=1)
         ]
         writer = self._group_commit()
+
+        def records() -> Records:  # fresh, lists too: a batch may merge others into one
+            fence_row = _fence_row(fence, len(events), now)
+            return Records(fence=fence_row, steps=[], events=list(events))
+
         try:
-            return await writer.record(
-                Records(fence=_fence_row(fence, len(events), now), steps=[], events=events)
-            )
+            return await writer.record(records())
         except ConflictError:
             # Another run's record in the same batch was refused (a taken token id): events
             # take no position, so written alone they conflict with nothing.
-            return await writer.record(
-                Records(fence=_fence_row(fence, len(events), now), steps=[], events=events),
-                alone=True,
-            )
+            return await writer.record(records(), alone=True)
 
     async def fork_run(self, new_run: NewRun, source_run_id: str, upto: int, now: float) -> None:
         """Create `new_run` with the source's step records before position `upto` (one
