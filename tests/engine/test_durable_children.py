@@ -24,7 +24,6 @@ from .conftest import MakeEngine
 from .durable.support import (
     Calls,
     assert_contiguous,
-    recorded,
     wait_for_event,
 )
 from .support import count, wait_for_status
@@ -85,10 +84,12 @@ async def test_trigger_and_wait_returns_the_child_result_and_frees_the_parent_sl
     assert child.parent_id == handle.id
     assert child.root_id == handle.id
     assert child.status is RunStatus.COMPLETED
-    assert recorded(events, "child") == [
-        (0, "durable-square", "pending"),
-        (1, "durable-square", "pending"),
-    ]
+    # One `children_recorded` event per trigger_and_wait: a batch of one child.
+    assert [
+        (e.data["batch"], [(c["position"], c["name"]) for c in e.data["children"]])
+        for e in events
+        if e.type == "children_recorded"
+    ] == [(0, [(0, "durable-square")]), (1, [(1, "durable-square")])]
     assert count(events, "suspended") == 2
     assert count(events, "resumed") == 2
     assert_contiguous(events)
@@ -113,7 +114,9 @@ async def test_batch_trigger_and_wait_returns_results_in_input_order(engine: Eng
     assert output == [1, 4, ["failed", "NonRetryableError", "negative input -3"], 16, 0]
     assert executions["parent"] == 2
     assert sorted(c.input for c in children) == [-3, 0, 1, 2, 4]
-    assert count(events, "child_recorded") == 5
+    assert count(events, "children_recorded") == 1  # the batch, one event
+    [batch] = [e.data for e in events if e.type == "children_recorded"]
+    assert sorted(c["child_run_id"] for c in batch["children"]) == sorted(c.id for c in children)
     assert count(events, "resumed") == 1  # woken once, when the whole batch settled
     assert_contiguous(events)
 
@@ -162,10 +165,12 @@ async def test_gather_over_trigger_and_wait_is_correct_one_child_at_a_time(
         events = await handle.events()
 
     assert sorted(c.input for c in children) == [2, 3]  # never triggered twice
-    assert recorded(events, "child") == [
-        (0, "durable-square", "pending"),
-        (1, "durable-square", "pending"),
-    ]
+    # One `children_recorded` event per trigger_and_wait: a batch of one child.
+    assert [
+        (e.data["batch"], [(c["position"], c["name"]) for c in e.data["children"]])
+        for e in events
+        if e.type == "children_recorded"
+    ] == [(0, [(0, "durable-square")]), (1, [(1, "durable-square")])]
     assert_contiguous(events)
 
 

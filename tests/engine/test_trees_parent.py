@@ -25,7 +25,7 @@ from perdure import (
 
 from .conftest import MakeEngine
 from .durable.support import assert_contiguous
-from .support import count, wait_for_status
+from .support import wait_for_status
 from .trees.support import FAST_RETRY, NO_RETRY, Calls, Gate, runs_of, subtree
 
 
@@ -455,7 +455,10 @@ async def test_retry_then_success_inside_a_tree(engine: Engine) -> None:
     assert output == {"totalAttempts": 3, "output": "Hello, world!"}
     assert kid.status is RunStatus.COMPLETED
     assert kid.attempt == 3
-    assert count(events, "child_settled") == 1  # settled once, not on each failed attempt
+    # Settled once, not on each failed attempt.
+    assert [e.data["children"] for e in events if e.type == "children_settled"] == [
+        [{"child_run_id": kid.id, "status": "completed"}]
+    ]
 
 
 async def test_500_children_fan_out_and_come_back_in_order(engine: Engine) -> None:
@@ -550,15 +553,18 @@ async def test_children_in_creation_order_and_child_events_in_the_parent_history
         events = await handle.events()
 
     assert [(k.task_id, k.input) for k in kids] == [("c", "x-0"), ("a", "x-1"), ("b", "x-2")]
-    recorded = [e.data for e in events if e.type == "child_recorded"]
-    assert [(d["position"], d["name"], d["child_run_id"]) for d in recorded] == [
+    # One event for the whole batch of child waits, each child named in it.
+    [recorded] = [e.data for e in events if e.type == "children_recorded"]
+    assert (recorded["batch"], recorded["count"]) == (1, 3)
+    assert [(c["position"], c["name"], c["child_run_id"]) for c in recorded["children"]] == [
         (1, "c", kids[0].id),
         (2, "a", kids[1].id),
         (3, "b", kids[2].id),
     ]
-    settled = [e.data for e in events if e.type == "child_settled"]
-    assert sorted(d["child_run_id"] for d in settled) == sorted(k.id for k in kids)
-    assert {d["child_status"] for d in settled} == {"completed"}
+    # Children settled in one commit are one event of the parent; every child is in one.
+    settled = [c for e in events if e.type == "children_settled" for c in e.data["children"]]
+    assert sorted(c["child_run_id"] for c in settled) == sorted(k.id for k in kids)
+    assert {c["status"] for c in settled} == {"completed"}
     suspended = [e.data for e in events if e.type == "suspended"]
     assert [d["status"] for d in suspended] == ["waiting_for_children"]
     resumed = [e.data for e in events if e.type == "resumed"]

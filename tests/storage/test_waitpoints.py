@@ -11,7 +11,7 @@ from contextlib import AbstractAsyncContextManager
 import pytest
 
 from perdure.core.errors import DuplicateRunError
-from perdure.core.models import Run, StepRecord
+from perdure.core.models import NewRun, Run, StepRecord
 from perdure.core.statuses import RunStatus
 from perdure.storage import Storage
 from perdure.storage.steps import Fence, Spawn
@@ -146,11 +146,7 @@ async def test_a_group_of_spawns_suspends_each_fenced_parent_with_its_children(
         None,
         None,
     )
-    assert (await event_types(storage, a.id))[-3:] == [
-        "child_recorded",
-        "child_recorded",
-        "suspended",
-    ]
+    assert (await event_types(storage, a.id))[-2:] == ["children_recorded", "suspended"]
     kids = await storage.list_runs(parent_id=a.id)
     assert len(kids.runs) == 2
     assert [await event_types(storage, kid.id) for kid in kids.runs] == [["created"]] * 2
@@ -216,3 +212,56 @@ def token_step(run_id: str) -> StepRecord:
         token_id="sleep:t:1",
         batch=0,
     )
+
+
+async def test_a_batch_of_child_waits_is_one_event_and_each_commit_settling_children_one_more(
+    storage: Storage,
+) -> None:
+    await create_one(storage, task_id="parent")
+    [parent] = await claim(storage, "w", task_ids=["parent"])
+    fence = Fence(parent.id, parent.attempt, "w")
+    kids = [new_run(task_id="child", parent_id=parent.id, root_id=parent.id) for _ in range(3)]
+
+    def child_wait(position: int, kid: NewRun, batch: int) -> StepRecord:
+        return StepRecord(
+            run_id=parent.id,
+            position=position,
+            kind="child",
+            name="child",
+            status="pending",
+            child_run_id=kid.id,
+            batch=batch,
+            attempt=parent.attempt,
+        )
+
+    step = StepRecord(
+        run_id=parent.id,
+        position=0,
+        kind="step",
+        name="a",
+        status="completed",
+        output=1,
+        attempt=parent.attempt,
+    )
+    # Two batches in one write: each is its own event.
+    steps = [step, child_wait(1, kids[0], 1), child_wait(2, kids[1], 1), child_wait(3, kids[2], 3)]
+    assert await storage.record_steps(fence, steps, T0, children=kids)
+    assert await storage.suspend(fence, [1, 2, 3], None, T0)
+    first, second, third = await claim(storage, "w2", task_ids=["child"], limit=3, now=T0 + 1)
+    await storage.finish_attempts("w2", [completed(first), completed(second)], T0 + 2)
+    await storage.finish_attempts("w2", [completed(third)], T0 + 3)
+
+    events = await storage.get_events(parent.id)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))  # contiguous
+    recorded = [e.data for e in events if e.type == "children_recorded"]
+    assert [(d["batch"], d["count"]) for d in recorded] == [(1, 2), (3, 1)]
+    assert [[c["child_run_id"] for c in d["children"]] for d in recorded] == [
+        [kids[0].id, kids[1].id],
+        [kids[2].id],
+    ]
+    assert [c["position"] for c in recorded[0]["children"]] == [1, 2]
+    settled = [e.data for e in events if e.type == "children_settled"]
+    assert [d["count"] for d in settled] == [2, 1]
+    assert {c["child_run_id"] for d in settled for c in d["children"]} == {k.id for k in kids}
+    assert {c["status"] for d in settled for c in d["children"]} == {"completed"}
+    assert [e.type for e in events].count("step_recorded") == 1

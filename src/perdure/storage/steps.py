@@ -55,8 +55,31 @@ def row_to_step(row: Row) -> StepRecord:
     )
 
 
+def record_events(steps: Sequence[StepRecord]) -> list[tuple[str, str]]:
+    """The events a write of new records appends, as (type, data JSON): one
+    `<kind>_recorded` per record, except child waits: one `children_recorded` per batch
+    (the children of one `batch_trigger_and_wait` or parent are one change of the run,
+    written in one transaction; `docs/decisions.md`)."""
+    events: list[tuple[str, str]] = []
+    batch: list[dict[str, Any]] = []
+    for i, step in enumerate(steps):
+        if step.kind != "child":
+            events.append((f"{step.kind}_recorded", dumps(step_event_data(step))))
+            continue
+        batch.append(
+            {"position": step.position, "name": step.name, "child_run_id": step.child_run_id}
+        )
+        following = steps[i + 1] if i + 1 < len(steps) else None
+        if following is None or following.kind != "child" or following.batch != step.batch:
+            data = {"batch": step.batch, "count": len(batch), "children": batch}
+            events.append(("children_recorded", dumps(data)))
+            batch = []
+    return events
+
+
 def step_event_data(step: StepRecord) -> dict[str, Any]:
-    """The data of the `<kind>_recorded` event written with a record."""
+    """The data of the `<kind>_recorded` event written with a record (not a child wait's:
+    see `record_events`)."""
     data: dict[str, Any] = {
         "position": step.position,
         "kind": step.kind,
@@ -202,13 +225,14 @@ class StepStore:
         children: Sequence[NewRun] = (),
         child_steps: Sequence[StepRecord] = (),
     ) -> bool:
-        n_events = len(steps)
+        new_events = record_events(steps)
+        n_events = len(new_events)
         async with self.db.transaction() as tx:
             bumped = await tx.fetchone("fence_and_bump", fence.params(now, n_events))
             if bumped is None:
                 return False
             events = EventLog()
-            _record_events(events, fence.run_id, bumped["event_seq"] - n_events + 1, steps, now)
+            _add_events(events, fence.run_id, bumped["event_seq"] - n_events + 1, new_events, now)
             parent_ids = [fence.run_id] * len(children)
             await _insert_records(tx, events, parent_ids, steps, children, child_steps, now)
         return True
@@ -226,6 +250,7 @@ class StepStore:
         events = EventLog()
         # Run-id order, as finish_attempts and extend_leases lock rows (PostgreSQL deadlocks).
         order = sorted(range(len(spawns)), key=lambda k: spawns[k].fence.run_id)
+        new_events = [record_events(spawn.steps) for spawn in spawns]
         # No wake-up time: the waitpoints are created pending in this transaction, so none
         # can have settled before it commits; their settlement wakes the run.
         rows = [
@@ -234,7 +259,7 @@ class StepStore:
                 "attempt": spawns[idx].fence.attempt,
                 "worker_id": spawns[idx].fence.worker_id,
                 "status": spawns[idx].status.value,
-                "n_events": len(spawns[idx].steps) + 1,
+                "n_events": len(new_events[idx]) + 1,
             }
             for idx in order
         ]
@@ -243,12 +268,12 @@ class StepStore:
             seqs = {(row["id"], row["attempt"]): row["event_seq"] for row in suspended}
             for idx in order:
                 spawn = spawns[idx]
-                fence, n_events = spawn.fence, len(spawn.steps) + 1
+                fence, n_events = spawn.fence, len(new_events[idx]) + 1
                 seq = seqs.get((fence.run_id, fence.attempt))
                 if seq is None:  # the attempt lost its lease: nothing of it is written
                     continue
                 applied[idx] = True
-                _record_events(events, fence.run_id, seq - n_events + 1, spawn.steps, now)
+                _add_events(events, fence.run_id, seq - n_events + 1, new_events[idx], now)
                 events.add(
                     fence.run_id,
                     seq,
@@ -467,12 +492,12 @@ class StepStore:
         return woken
 
 
-def _record_events(
-    events: EventLog, run_id: str, first: int, steps: Sequence[StepRecord], now: float
+def _add_events(
+    events: EventLog, run_id: str, first: int, new_events: Sequence[tuple[str, str]], now: float
 ) -> None:
-    """The `<kind>_recorded` events of a run's new records, numbered from `first`."""
-    for i, step in enumerate(steps):
-        events.add(run_id, first + i, f"{step.kind}_recorded", now, **step_event_data(step))
+    """A run's new events (`record_events`), numbered from `first`."""
+    for i, (type_, data) in enumerate(new_events):
+        events.add_json(run_id, first + i, type_, now, data)
 
 
 async def _insert_records(
@@ -555,21 +580,21 @@ async def settle_child_waits(
     # transactions settling a batch's last children, the second sees the first's settlement
     # and wakes the parent.
     parent_ids = sorted(by_parent)
-    counts = [{"id": p, "n_events": len(by_parent[p][0])} for p in parent_ids]
+    # One `children_settled` event per parent: its children settled in this commit are one
+    # change of it (each child's own history has its end).
+    counts = [{"id": p, "n_events": 1} for p in parent_ids]
     bumped = await tx.fetchall("bump_event_seqs", {"rows": dumps(counts)})
     for row in bumped:
         parent_id = row["id"]
         children = by_parent[parent_id][0]
-        first = row["event_seq"] - len(children) + 1
-        for i, (child_run_id, status) in enumerate(children):
-            events.add(
-                parent_id,
-                first + i,
-                "child_settled",
-                now,
-                child_run_id=child_run_id,
-                child_status=status,
-            )
+        events.add(
+            parent_id,
+            row["event_seq"],
+            "children_settled",
+            now,
+            count=len(children),
+            children=[{"child_run_id": c, "status": status} for c, status in children],
+        )
     # One statement per round, one row per parent in each: a parent waiting on several
     # batches (rare) has its later batches checked in later rounds, in batch order.
     batches = [(p, sorted(by_parent[p][1])) for p in parent_ids]
@@ -652,18 +677,13 @@ def _fence_row(fence: Fence, n_events: int, now: float) -> dict[str, Any]:
 
 def _records(fence: Fence, steps: Sequence[StepRecord], now: float) -> Records:
     """The rows one fenced write of records inserts (`records.py` writes them)."""
+    new_events = record_events(steps)
     return Records(
-        fence=_fence_row(fence, len(steps), now),
+        fence=_fence_row(fence, len(new_events), now),
         steps=[_step_params(step, now) for step in steps],
         events=[
-            {
-                "run_id": fence.run_id,
-                "n": i,
-                "type": f"{step.kind}_recorded",
-                "at": now,
-                "data": dumps(step_event_data(step)),
-            }
-            for i, step in enumerate(steps, start=1)
+            {"run_id": fence.run_id, "n": i, "type": type_, "at": now, "data": data}
+            for i, (type_, data) in enumerate(new_events, start=1)
         ],
     )
 
