@@ -19,7 +19,7 @@ def count_reads(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     sizes: list[int] = []
     read_runs = engine._read_runs  # pyright: ignore[reportPrivateUsage]
 
-    async def counting(run_ids: Sequence[str]) -> list[Run]:
+    async def counting(run_ids: Sequence[str]) -> dict[str, Run | None]:
         sizes.append(len(run_ids))
         return await read_runs(run_ids)
 

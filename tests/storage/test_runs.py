@@ -10,6 +10,7 @@ from perdure.core.statuses import RunStatus
 from perdure.storage import Storage
 from tests.storage.factories import (
     T0,
+    claim,
     claim_one,
     completed,
     create,
@@ -293,3 +294,18 @@ async def test_expire_runs_respects_the_limit(storage: Storage) -> None:
     assert len(await storage.expire_runs(T0 + 2, limit=2)) == 2
     assert len(await storage.expire_runs(T0 + 2, limit=2)) == 1
     assert await storage.count_by_status() == {"expired": 3}
+
+
+async def test_finished_runs_gives_a_snapshot_only_of_finished_runs(storage: Storage) -> None:
+    done, waiting = await create(storage, new_run(task_id="done"), new_run(task_id="waiting"))
+    [claimed] = await claim(storage, "w", task_ids=["done"])
+    await storage.finish_attempts("w", [completed(claimed, output="7")], T0 + 1)
+
+    found = await storage.finished_runs([done.id, "run_unknown", waiting.id])
+
+    assert set(found) == {done.id, waiting.id}  # an unknown id is left out
+    finished = found[done.id]
+    assert finished is not None
+    assert (finished.status, finished.output) == (RunStatus.COMPLETED, 7)
+    assert found[waiting.id] is None  # exists, not finished
+    assert await storage.finished_runs([]) == {}

@@ -27,8 +27,11 @@ class RunWaiters:
     """Lives on the engine's home loop; every method is called from it."""
 
     def __init__(
-        self, read: Callable[[Sequence[str]], Awaitable[list[Run]]], poll_interval: float
+        self,
+        read: Callable[[Sequence[str]], Awaitable[dict[str, Run | None]]],
+        poll_interval: float,
     ) -> None:
+        # `read`: every existing run of the ids, its snapshot if finished, else None.
         self._read = read
         self._poll_interval = poll_interval
         self._finished: Futures = {}  # callers of `finished`, per run
@@ -110,16 +113,15 @@ class RunWaiters:
 
     async def _hand_over(self, ids: list[str]) -> None:
         try:
-            runs = {run.id: run for run in await self._read(ids)}
+            runs = await self._read(ids)
         except Exception as exc:  # the storage's error goes to the callers it concerns
             for run_id in ids:
                 self._settle(run_id, exc)
             return
         for run_id in ids:
-            run = runs.get(run_id)
-            if run is None:
+            if run_id not in runs:
                 self._settle(run_id, RunNotFoundError(run_id))
-            elif run.status.is_terminal:
+            elif (run := runs[run_id]) is not None:
                 self._settle(run_id, run)
 
     def _settle(self, run_id: str, result: Run | Exception) -> None:

@@ -17,7 +17,7 @@ from pydantic_core import to_json
 from perdure.core.errors import ErrorInfo, StorageError, WorkerLostError
 from perdure.core.limits import QueueLimits
 from perdure.core.models import NewRun, Outcome, Run, RunEvent, RunPage, TaskInfo
-from perdure.core.statuses import RunStatus, sources_of
+from perdure.core.statuses import TERMINAL_STATUSES, RunStatus, sources_of
 from perdure.storage.database import (
     CHANNEL_CANCEL,
     CHANNEL_FINISHED,
@@ -608,6 +608,18 @@ class Storage(StepStore, QueueStore):
             rows = await tx.fetchall("get_runs", {"ids": list(run_ids)})
         by_id = {row["id"]: row_to_run(row) for row in rows}
         return [by_id[i] for i in run_ids if i in by_id]
+
+    async def finished_runs(self, run_ids: Sequence[str]) -> dict[str, Run | None]:
+        """Every run of `run_ids` that exists: its snapshot if it has finished, else None
+        (waiters polling many runs build a snapshot only for the few that finished)."""
+        if not run_ids:
+            return {}
+        async with self.db.reader() as tx:
+            rows = await tx.fetchall("get_runs", {"ids": list(run_ids)})
+        return {
+            row["id"]: row_to_run(row) if row["status"] in TERMINAL_STATUSES else None
+            for row in rows
+        }
 
     async def list_runs(
         self,
