@@ -165,12 +165,13 @@ async def test_gather_over_trigger_and_wait_is_correct_one_child_at_a_time(
         events = await handle.events()
 
     assert sorted(c.input for c in children) == [2, 3]  # never triggered twice
-    # One `children_recorded` event per trigger_and_wait: a batch of one child.
-    assert [
+    # One `children_recorded` event per trigger_and_wait (a batch of one child), in the
+    # order the two records committed.
+    assert sorted(
         (e.data["batch"], [(c["position"], c["name"]) for c in e.data["children"]])
         for e in events
         if e.type == "children_recorded"
-    ] == [(0, [(0, "durable-square")]), (1, [(1, "durable-square")])]
+    ) == [(0, [(0, "durable-square")]), (1, [(1, "durable-square")])]
     assert_contiguous(events)
 
 
