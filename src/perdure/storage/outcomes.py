@@ -5,7 +5,7 @@ outcome leaves on its parent's waitpoint."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic_core import to_json
 
@@ -24,14 +24,26 @@ STOPS_SUBTREE = frozenset(
 )
 
 
+class SettledChild(NamedTuple):
+    """A child run's end as its parent's waitpoint records it."""
+
+    run_id: str
+    status: str
+    #: {"status", "output", "error"} as JSON text: what the waitpoint stores.
+    result: str
+    #: The child's output as JSON text (a completed child), else None.
+    output: str | None
+
+
 def settled_result(
     run_id: str, status: RunStatus, output_json: str | None, error: ErrorInfo | None
-) -> tuple[str, str, str]:
-    """A child's settled result as its parent's waitpoint records it: (run id, status, JSON
-    text). The output is already JSON text: spliced in, not parsed and serialized again."""
+) -> SettledChild:
+    """A child's settled result. The output is already JSON text: spliced in, not parsed and
+    serialized again."""
     error_json = "null" if error is None else dumps(error.to_json())
     result = f'{{"status":"{status.value}","output":{output_json or "null"},"error":{error_json}}}'
-    return run_id, status.value, result
+    output = (output_json or "null") if status is RunStatus.COMPLETED else None
+    return SettledChild(run_id, status.value, result, output)
 
 
 def finish_params(

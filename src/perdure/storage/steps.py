@@ -25,6 +25,7 @@ from perdure.storage.database import (
     Row,
     Tx,
 )
+from perdure.storage.outcomes import SettledChild, settled_result
 from perdure.storage.records import GroupCommit, Records
 from perdure.storage.rows import dumps, loads_json
 from perdure.storage.writes import EventLog, run_insert_params
@@ -538,42 +539,42 @@ async def _insert_records(
         tx.notify(CHANNEL_WORK)
 
 
-async def settle_child_waits(
-    tx: Tx, settled: Sequence[tuple[str, str, str]], now: float
-) -> list[str]:
-    """In the transaction that finishes child runs: record each child's settled result
-    (`settled`: child run id, status, result as JSON text) on its parent's waitpoint and wake
-    parents whose whole batch has settled (same commit, so a parent can never miss its
-    wake-up)."""
-    if not settled:
-        return []
+async def settle_child_waits(tx: Tx, settled: Sequence[SettledChild], now: float) -> None:
+    """In the transaction that finishes child runs: record each child's settled result on its
+    parent's waitpoint and wake parents whose whole batch has settled (same commit, so a
+    parent can never miss its wake-up). A parent waiting for its finalize task, which
+    completed, completes here with the task's output (its body would only return it), and in
+    turn settles its own parent's waitpoint."""
+    while settled:
+        settled = await _settle_round(tx, settled, now)
+
+
+async def _settle_round(tx: Tx, settled: Sequence[SettledChild], now: float) -> list[SettledChild]:
+    """One level of `settle_child_waits`; returns the parents it completed that are children
+    themselves."""
     # One batch statement for every child of the commit (one round trip on PostgreSQL, which
     # also locks their parents there, in id order: see the query).
     rows = await tx.fetchall(
         "settle_child_waits",
         {
-            "rows": dumps(
-                [
-                    {"child_run_id": child_run_id, "output": result}
-                    for child_run_id, _, result in settled
-                ]
-            ),
+            "rows": dumps([{"child_run_id": c.run_id, "output": c.result} for c in settled]),
             "now": now,
         },
     )
     waits = {row["child_run_id"]: row for row in rows}
     # Per parent, not per child: a group commit often settles many children of one parent.
-    by_parent: dict[str, tuple[list[tuple[str, str]], set[int]]] = {}
-    for child_run_id, status, _ in settled:
-        row = waits.get(child_run_id)
+    by_parent: dict[str, tuple[list[SettledChild], set[int]]] = {}
+    for child in settled:
+        row = waits.get(child.run_id)
         if row is None:  # not a child wait (a run triggered with a parent id only), or settled
             continue
         children, batches = by_parent.setdefault(row["run_id"], ([], set()))
-        children.append((child_run_id, status))
+        children.append(child)
         batches.add(row["batch"])
     if not by_parent:
         return []
-    woken: list[str] = []
+    woken = False
+    completed: list[SettledChild] = []
     events = EventLog()
     # Parents in id order, so concurrent settlements lock parent rows in the same order. The
     # parent row is locked (bump) before the batch is checked, in a later statement: of two
@@ -593,19 +594,27 @@ async def settle_child_waits(
             "children_settled",
             now,
             count=len(children),
-            children=[{"child_run_id": c, "status": status} for c, status in children],
+            children=[{"child_run_id": c.run_id, "status": c.status} for c in children],
         )
     # One statement per round, one row per parent in each: a parent waiting on several
     # batches (rare) has its later batches checked in later rounds, in batch order.
     batches = [(p, sorted(by_parent[p][1])) for p in parent_ids]
     for round_ in range(max(len(b) for _, b in batches)):
         checks = {p: b[round_] for p, b in batches if round_ < len(b)}
-        rows = [{"id": p, "batch": b} for p, b in checks.items()]
+        rows = [_wake_row(p, b, by_parent[p][0]) for p, b in checks.items()]
         woke_rows = await tx.fetchall(
             "wake_if_settled", {"rows": dumps(rows), "now": now, "waiting": WAITING}
         )
         for woke in sorted(woke_rows, key=lambda row: row["id"]):
-            woken.append(woke["id"])
+            if woke["status"] == RunStatus.COMPLETED:
+                data = {"status": "completed", "attempt": woke["attempt"], "by": "finalize task"}
+                events.add(woke["id"], woke["event_seq"], "completed", now, **data)
+                tx.notify(CHANNEL_FINISHED, woke["id"])
+                if woke["parent_id"] is not None:
+                    result = settled_result(woke["id"], RunStatus.COMPLETED, woke["output"], None)
+                    completed.append(result)
+                continue
+            woken = True
             events.add(
                 woke["id"],
                 woke["event_seq"],
@@ -617,7 +626,15 @@ async def settle_child_waits(
     await events.flush(tx)
     if woken:
         tx.notify(CHANNEL_WORK)
-    return woken
+    return completed
+
+
+def _wake_row(parent_id: str, batch: int, children: list[SettledChild]) -> dict[str, Any]:
+    """A `wake_if_settled` row. `complete`: the one child settled in this commit completed,
+    so if the parent waits for it as its finalize task, the parent completes with its output
+    (the query checks the status)."""
+    output = children[0].output if len(children) == 1 else None
+    return {"id": parent_id, "batch": batch, "complete": output is not None, "output": output}
 
 
 async def cancel_descendants(tx: Tx, parent_ids: Sequence[str], now: float, reason: str) -> None:

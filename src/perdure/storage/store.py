@@ -31,6 +31,7 @@ from perdure.storage.database import (
 from perdure.storage.outcomes import (
     STOPS_SUBTREE,
     OutcomeBatch,
+    SettledChild,
     ends_alone,
     finish_params,
     notify_ends,
@@ -372,7 +373,7 @@ class Storage(StepStore, QueueStore):
         outcomes = batch.outcomes
         applied = [False] * len(outcomes)
         events = EventLog()
-        settled: list[tuple[str, str, str]] = []
+        settled: list[SettledChild] = []
         ended: list[Outcome] = []
         async with self.db.transaction() as tx:
             shared = batch.shared(worker_id, now)  # its NOTIFY goes with COMMIT

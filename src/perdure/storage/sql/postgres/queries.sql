@@ -550,19 +550,33 @@ WITH child AS (
 SELECT s.run_id, s.batch, s.child_run_id FROM settled AS s JOIN parents AS p ON p.id = s.run_id;
 
 -- name: wake_if_settled
--- Wake suspended runs (`rows`: a JSON array of {id, batch}, one per run) once no waitpoint of
--- the batch each waits on is pending.
+-- Wake suspended runs (`rows`: a JSON array of {id, batch, complete, output}, one per run)
+-- once no waitpoint of the batch each waits on is pending. A parent waiting for its finalize
+-- task, whose task completed in this commit (`complete`), completes instead, with the task's
+-- output (JSON text): all its body would do is return it. SET reads the row as it was.
 WITH wake AS (
-    SELECT * FROM json_to_recordset(%(rows)s::json) AS w(id text, batch integer)
+    SELECT * FROM json_to_recordset(%(rows)s::json)
+        AS w(id text, batch integer, complete boolean, output text)
 )
 UPDATE perdure_runs AS r
-SET available_at = %(now)s, updated_at = %(now)s, event_seq = r.event_seq + 1
+SET status = CASE WHEN r.status = 'waiting_for_finalize' AND w.complete
+                  THEN 'completed' ELSE r.status END,
+    output = CASE WHEN r.status = 'waiting_for_finalize' AND w.complete
+                  THEN w.output ELSE r.output END,
+    error = CASE WHEN r.status = 'waiting_for_finalize' AND w.complete
+                 THEN NULL ELSE r.error END,
+    finished_at = CASE WHEN r.status = 'waiting_for_finalize' AND w.complete
+                       THEN %(now)s ELSE r.finished_at END,
+    available_at = CASE WHEN r.status = 'waiting_for_finalize' AND w.complete
+                        THEN NULL ELSE %(now)s END,
+    updated_at = %(now)s,
+    event_seq = r.event_seq + 1
 FROM wake AS w
 WHERE r.id = ANY(ARRAY(SELECT id FROM wake)) AND r.id = w.id
   AND r.status = ANY(%(waiting)s)
   AND NOT EXISTS (SELECT 1 FROM perdure_steps AS s
                   WHERE s.run_id = w.id AND s.batch = w.batch AND s.status = 'pending')
-RETURNING r.id, r.event_seq;
+RETURNING r.id, r.event_seq, r.status, r.attempt, r.parent_id, r.output;
 
 -- name: bump_event_seqs
 -- Reserve event numbers on several runs (`rows`: a JSON array of {id, n_events}, one per run).

@@ -340,17 +340,33 @@ WHERE perdure_steps.child_run_id = json_extract(c.value, '$.child_run_id')
 RETURNING run_id, batch, child_run_id;
 
 -- name: wake_if_settled
--- Wake suspended runs (`rows`: a JSON array of {id, batch}, one per run) once no waitpoint of
--- the batch each waits on is pending. Unary +: the status index would scan every waiting run.
+-- Wake suspended runs (`rows`: a JSON array of {id, batch, complete, output}, one per run)
+-- once no waitpoint of the batch each waits on is pending. A parent waiting for its finalize
+-- task, whose task completed in this commit (`complete`), completes instead, with the task's
+-- output (JSON text): all its body would do is return it. SET reads the row as it was.
+-- Unary +: the status index would scan every waiting run.
 UPDATE perdure_runs
-SET available_at = :now, updated_at = :now, event_seq = event_seq + 1
+SET status = CASE WHEN status = 'waiting_for_finalize' AND json_extract(w.value, '$.complete')
+                  THEN 'completed' ELSE status END,
+    output = CASE WHEN status = 'waiting_for_finalize' AND json_extract(w.value, '$.complete')
+                  THEN json_extract(w.value, '$.output') ELSE output END,
+    error = CASE WHEN status = 'waiting_for_finalize' AND json_extract(w.value, '$.complete')
+                 THEN NULL ELSE error END,
+    finished_at = CASE WHEN status = 'waiting_for_finalize'
+                            AND json_extract(w.value, '$.complete')
+                       THEN :now ELSE finished_at END,
+    available_at = CASE WHEN status = 'waiting_for_finalize'
+                             AND json_extract(w.value, '$.complete')
+                        THEN NULL ELSE :now END,
+    updated_at = :now,
+    event_seq = event_seq + 1
 FROM json_each(:rows) AS w
 WHERE perdure_runs.id = json_extract(w.value, '$.id')
   AND +perdure_runs.status IN (SELECT value FROM json_each(:waiting))
   AND NOT EXISTS (SELECT 1 FROM perdure_steps AS s
                   WHERE s.run_id = perdure_runs.id AND s.batch = json_extract(w.value, '$.batch')
                     AND s.status = 'pending')
-RETURNING id, event_seq;
+RETURNING id, event_seq, status, attempt, parent_id, output;
 
 -- name: bump_event_seqs
 -- Reserve event numbers on several runs (`rows`: a JSON array of {id, n_events}, one per run).
