@@ -111,12 +111,12 @@ async def test_an_empty_finished_notification_wakes_every_result_waiter(
     parked = asyncio.Event()
     read_runs = client._read_runs  # pyright: ignore[reportPrivateUsage]
 
-    async def counting_read_runs(run_ids: Sequence[str]) -> dict[str, Run | None]:
+    async def counting_read_runs(run_ids: Sequence[str], known: bool) -> dict[str, Run | None]:
         for run_id in run_ids:
             reads[run_id] = reads.get(run_id, 0) + 1
         if len(reads) == 2 and min(reads.values()) >= 9:
             parked.set()
-        return await read_runs(run_ids)
+        return await read_runs(run_ids, known)
 
     monkeypatch.setattr(client, "_read_runs", counting_read_runs)
     async with worker:

@@ -19,9 +19,9 @@ def count_reads(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     sizes: list[int] = []
     read_runs = engine._read_runs  # pyright: ignore[reportPrivateUsage]
 
-    async def counting(run_ids: Sequence[str]) -> dict[str, Run | None]:
+    async def counting(run_ids: Sequence[str], known: bool) -> dict[str, Run | None]:
         sizes.append(len(run_ids))
-        return await read_runs(run_ids)
+        return await read_runs(run_ids, known)
 
     monkeypatch.setattr(engine, "_read_runs", counting)
     return sizes
@@ -102,3 +102,39 @@ async def test_without_notifications_a_new_wait_is_polled_soon_however_long_othe
         assert asyncio.get_running_loop().time() - started < 1.0
         release.set()
         assert (await long_wait).status is RunStatus.COMPLETED
+
+
+async def test_a_poll_reads_only_the_waited_runs_that_finished(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a read has found a waited run, later reads ask only for it if finished: a poll
+    over many unfinished runs builds no snapshot of them."""
+    release = asyncio.Event()
+    returned: list[tuple[bool, int, int]] = []  # (known, runs asked, snapshots returned)
+    read_runs = engine._read_runs  # pyright: ignore[reportPrivateUsage]
+
+    async def recording(run_ids: Sequence[str], known: bool) -> dict[str, Run | None]:
+        found = await read_runs(run_ids, known)
+        snapshots = sum(run is not None for run in found.values())
+        returned.append((known, len(run_ids), snapshots))
+        return found
+
+    monkeypatch.setattr(engine, "_read_runs", recording)
+
+    @engine.task(id="held")
+    async def held(ctx: RunContext, n: int) -> int:
+        await release.wait()
+        return n
+
+    async with engine:
+        handles = await held.batch_trigger(list(range(20)))
+        waiting = asyncio.gather(*(h.result(timeout=30) for h in handles))
+        await asyncio.sleep(0.2)  # the first read, then polls at 10, 30, 70, 150 ms
+        before_release = len(returned)
+        release.set()
+        assert await asyncio.wait_for(waiting, 30) == list(range(20))
+
+    assert returned[0] == (False, 20, 0)  # looked up once: all exist, none finished
+    polls = returned[1:before_release]
+    assert polls, returned  # the safety poll read them again before the release
+    assert all(r == (True, 20, 0) for r in polls), returned

@@ -309,3 +309,7 @@ async def test_finished_runs_gives_a_snapshot_only_of_finished_runs(storage: Sto
     assert (finished.status, finished.output) == (RunStatus.COMPLETED, 7)
     assert found[waiting.id] is None  # exists, not finished
     assert await storage.finished_runs([]) == {}
+    # Runs known to exist: only the finished ones are read.
+    known = await storage.finished_runs([done.id, waiting.id], known=True)
+    assert list(known) == [done.id]
+    assert known[done.id] == finished

@@ -712,9 +712,9 @@ class Engine(QueueOps):
             self._waiters = (loop, RunWaiters(self._read_runs, self.options.poll_interval))
         return self._waiters[1]
 
-    async def _read_runs(self, run_ids: Sequence[str]) -> dict[str, Run | None]:
+    async def _read_runs(self, run_ids: Sequence[str], known: bool) -> dict[str, Run | None]:
         storage = await self._ensure_open()
-        return await storage.finished_runs(run_ids)
+        return await storage.finished_runs(run_ids, known=known)
 
     def _attempt_finished(self, run_id: str) -> None:
         if self._waiters is not None:

@@ -28,15 +28,17 @@ class RunWaiters:
 
     def __init__(
         self,
-        read: Callable[[Sequence[str]], Awaitable[dict[str, Run | None]]],
+        read: Callable[[Sequence[str], bool], Awaitable[dict[str, Run | None]]],
         poll_interval: float,
     ) -> None:
-        # `read`: every existing run of the ids, its snapshot if finished, else None.
+        # `read(ids, known)`: every existing run of the ids, its snapshot if finished, else
+        # None; with `known` (runs seen to exist), only the finished ones.
         self._read = read
         self._poll_interval = poll_interval
         self._finished: Futures = {}  # callers of `finished`, per run
         self._notified: dict[str, list[asyncio.Future[None]]] = {}  # callers of `notified`
         self._marked: set[str] = set()  # runs to read in the reader's next query
+        self._known: set[str] = set()  # waited runs a read has found: not to look up again
         self._mark_event = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self._poll = FIRST_POLL  # the next safety poll's wait
@@ -57,6 +59,8 @@ class RunWaiters:
                 return await future
         finally:
             _remove(self._finished, run_id, future)
+            if run_id not in self._finished:
+                self._known.discard(run_id)
             if not self._finished:
                 self._mark_event.set()  # the reader ends now rather than at its next poll
 
@@ -112,16 +116,27 @@ class RunWaiters:
                 await self._hand_over(ids)
 
     async def _hand_over(self, ids: list[str]) -> None:
+        # A run found once is then read only when finished: a poll over a thousand waited
+        # runs reads the few that finished, not a thousand rows. (Runs are deleted only
+        # once finished, by retention, long after their waiters read them.)
+        new = [run_id for run_id in ids if run_id not in self._known]
+        known = [run_id for run_id in ids if run_id in self._known]
         try:
-            runs = await self._read(ids)
+            found = await self._read(new, False) if new else {}
+            finished = await self._read(known, True) if known else {}
         except Exception as exc:  # the storage's error goes to the callers it concerns
             for run_id in ids:
                 self._settle(run_id, exc)
             return
-        for run_id in ids:
-            if run_id not in runs:
+        for run_id in new:
+            if run_id not in found:
                 self._settle(run_id, RunNotFoundError(run_id))
-            elif (run := runs[run_id]) is not None:
+            elif (run := found[run_id]) is not None:
+                self._settle(run_id, run)
+            else:
+                self._known.add(run_id)
+        for run_id, run in finished.items():
+            if run is not None:
                 self._settle(run_id, run)
 
     def _settle(self, run_id: str, result: Run | Exception) -> None:

@@ -46,6 +46,7 @@ from perdure.storage.writes import CreatedData, EventLog, add_started_events, ru
 log = logging.getLogger("perdure.storage")
 
 _CLAIM_SOURCES = sources_of(RunStatus.RUNNING)
+_TERMINAL = sorted(s.value for s in TERMINAL_STATUSES)
 
 
 def _attempt_key(run_id: str, attempt: int) -> str:
@@ -610,12 +611,21 @@ class Storage(StepStore, QueueStore):
         by_id = {row["id"]: row_to_run(row) for row in rows}
         return [by_id[i] for i in run_ids if i in by_id]
 
-    async def finished_runs(self, run_ids: Sequence[str]) -> dict[str, Run | None]:
-        """Every run of `run_ids` that exists: its snapshot if it has finished, else None
-        (waiters polling many runs build a snapshot only for the few that finished)."""
+    async def finished_runs(
+        self, run_ids: Sequence[str], *, known: bool = False
+    ) -> dict[str, Run | None]:
+        """Every run of `run_ids` that exists: its snapshot if it has finished, else None.
+        `known`: the runs are known to exist, and only the finished ones are read and
+        returned (waiters polling many runs read only the few that finished)."""
         if not run_ids:
             return {}
         async with self.db.reader() as tx:
+            if known:
+                params = {"ids": list(run_ids), "statuses": _TERMINAL}
+                return {
+                    row["id"]: row_to_run(row)
+                    for row in await tx.fetchall("get_finished_runs", params)
+                }
             rows = await tx.fetchall("get_runs", {"ids": list(run_ids)})
         return {
             row["id"]: row_to_run(row) if row["status"] in TERMINAL_STATUSES else None

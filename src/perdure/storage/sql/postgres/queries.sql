@@ -325,6 +325,10 @@ SELECT * FROM perdure_runs WHERE id = %(id)s;
 -- name: get_runs
 SELECT * FROM perdure_runs WHERE id = ANY(%(ids)s::text[]);
 
+-- name: get_finished_runs
+-- The runs among `ids` that have finished (a waiter's read of runs it knows exist).
+SELECT * FROM perdure_runs WHERE id = ANY(%(ids)s::text[]) AND status = ANY(%(statuses)s);
+
 -- name: list_runs
 SELECT * FROM perdure_runs
 WHERE (%(status)s::text IS NULL OR status = %(status)s::text)

@@ -199,6 +199,12 @@ SELECT * FROM perdure_runs WHERE id = :id;
 -- name: get_runs
 SELECT * FROM perdure_runs WHERE id IN (SELECT value FROM json_each(:ids));
 
+-- name: get_finished_runs
+-- The runs among `ids` that have finished (a waiter's read of runs it knows exist).
+SELECT * FROM perdure_runs
+WHERE id IN (SELECT value FROM json_each(:ids))
+  AND status IN (SELECT value FROM json_each(:statuses));
+
 -- name: list_runs
 SELECT * FROM perdure_runs
 WHERE (:status IS NULL OR status = :status)
