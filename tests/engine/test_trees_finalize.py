@@ -1,15 +1,32 @@
 """A parent whose finalize task completes is completed in the same commit, with the task's
 output: its body would only return it, so it is not claimed, replayed and finished again
-(`docs/decisions.md`). A finalize task that does not complete wakes the parent as before."""
+(`docs/decisions.md`). A finalize task that does not complete wakes the parent as before
+(`test_trees_parent.py`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from perdure import Engine, FinalizeInput, NonRetryableError, Parent, RunContext, RunStatus, child
+from perdure import (
+    Engine,
+    FinalizeInput,
+    Parent,
+    RunContext,
+    RunStatus,
+    Task,
+    child,
+)
 
 from .durable.support import assert_contiguous
-from .trees.support import NO_RETRY, Calls
+from .trees.support import Calls
+
+
+def leaf_task(engine: Engine) -> Task[int, int]:
+    @engine.task(id="leaf")
+    async def leaf(ctx: RunContext, n: int) -> int:
+        return n
+
+    return leaf
 
 
 async def test_a_parent_completes_with_its_finalize_tasks_output_without_a_third_attempt(
@@ -59,9 +76,7 @@ async def test_a_parent_completes_with_its_finalize_tasks_output_without_a_third
 async def test_a_finalize_task_returning_none_completes_the_parent_with_none(
     engine: Engine,
 ) -> None:
-    @engine.task(id="leaf")
-    async def leaf(ctx: RunContext, n: int) -> int:
-        return n
+    leaf = leaf_task(engine)
 
     @engine.task(id="nothing")
     async def nothing(ctx: RunContext, data: FinalizeInput[None]) -> None:
@@ -84,9 +99,7 @@ async def test_completions_by_finalize_cascade_up_a_tree_of_parents(engine: Engi
     sibling parent task (`side`) is one of `outer`'s children. When `inner`'s finalize task
     completes, `inner` completes, and so does `outer`, all in one commit."""
 
-    @engine.task(id="leaf")
-    async def leaf(ctx: RunContext, n: int) -> int:
-        return n
+    leaf = leaf_task(engine)
 
     @engine.task(id="sum")
     async def sum_task(ctx: RunContext, data: FinalizeInput[Any]) -> int:
@@ -117,29 +130,4 @@ async def test_completions_by_finalize_cascade_up_a_tree_of_parents(engine: Engi
     assert (outer_run.status, outer_run.attempt) == (RunStatus.COMPLETED, 2)
     assert inner_run.finished_at == outer_run.finished_at  # the same commit
     assert events[-1].type == "completed"
-    assert_contiguous(events)
-
-
-async def test_a_finalize_task_that_fails_still_wakes_the_parent_to_fail_it(
-    engine: Engine,
-) -> None:
-    @engine.task(id="leaf")
-    async def leaf(ctx: RunContext, n: int) -> int:
-        return n
-
-    @engine.task(id="broken", retry=NO_RETRY)
-    async def broken(ctx: RunContext, data: FinalizeInput[None]) -> int:
-        raise NonRetryableError("no total")
-
-    @engine.parent_task(id="parent", finalize=broken)
-    def parent(ctx: RunContext, n: int) -> Parent[None]:
-        return Parent(children=[child(leaf, n)])
-
-    async with engine:
-        handle = await parent.trigger(1)
-        run = await handle.wait(timeout=10)
-        events = await handle.events()
-
-    assert (run.status, run.attempt) == (RunStatus.FINALIZE_FAILED, 3)  # woken to fail
-    assert [e.type for e in events].count("resumed") == 2
     assert_contiguous(events)

@@ -394,8 +394,13 @@ async def test_a_failing_finalize_task_makes_the_parent_finalize_failed(engine: 
         handle = await parent.trigger("world")
         run = await handle.wait(timeout=10)
         kids = await engine.children(handle.id)
+        events = await handle.events()
 
     assert run.status is RunStatus.FINALIZE_FAILED
+    # Woken again to fail: only a completed finalize task completes the parent by itself.
+    assert run.attempt == 3
+    assert [e.type for e in events].count("resumed") == 2
+    assert_contiguous(events)
     assert run.error is not None
     assert run.error.message == (
         "finalize task 'finalize-task' of parent 'parent' ended failed: "

@@ -27,25 +27,29 @@ from tests.storage.factories import (
 )
 
 
+def child_wait(
+    parent: Run, position: int, kid: NewRun, batch: int = 0, attempt: int | None = None
+) -> StepRecord:
+    """The parent's record of a wait for `kid` (`attempt`: the parent's, by default)."""
+    return StepRecord(
+        run_id=parent.id,
+        position=position,
+        kind="child",
+        name="child",
+        status="pending",
+        child_run_id=kid.id,
+        batch=batch,
+        attempt=parent.attempt if attempt is None else attempt,
+    )
+
+
 async def suspended_parent_with_children(storage: Storage, n: int) -> tuple[str, list[str]]:
     """A parent suspended on a batch of `n` children; returns (parent id, child ids)."""
     await create_one(storage, task_id="parent")
     [parent] = await claim(storage, "parent-worker", task_ids=["parent"])
     fence = Fence(parent.id, parent.attempt, "parent-worker")
     children = [new_run(task_id="child", parent_id=parent.id, root_id=parent.id) for _ in range(n)]
-    steps = [
-        StepRecord(
-            run_id=parent.id,
-            position=i,
-            kind="child",
-            name="child",
-            status="pending",
-            child_run_id=child.id,
-            batch=0,
-            attempt=parent.attempt,
-        )
-        for i, child in enumerate(children)
-    ]
+    steps = [child_wait(parent, i, child) for i, child in enumerate(children)]
     assert await storage.record_steps(fence, steps, T0, children=children)
     assert await storage.suspend(fence, list(range(n)), None, T0)
     return parent.id, [c.id for c in children]
@@ -114,17 +118,7 @@ def spawn_of(parent: Run, worker: str, n: int, *, attempt: int | None = None) ->
     fence = Fence(parent.id, parent.attempt if attempt is None else attempt, worker)
     children = [new_run(task_id="child", parent_id=parent.id, root_id=parent.id) for _ in range(n)]
     steps = [
-        StepRecord(
-            run_id=parent.id,
-            position=i,
-            kind="child",
-            name="child",
-            status="pending",
-            child_run_id=child.id,
-            batch=0,
-            attempt=fence.attempt,
-        )
-        for i, child in enumerate(children)
+        child_wait(parent, i, child, attempt=fence.attempt) for i, child in enumerate(children)
     ]
     return Spawn(fence, steps, children, [], RunStatus.WAITING_FOR_CHILDREN)
 
@@ -222,18 +216,6 @@ async def test_a_batch_of_child_waits_is_one_event_and_each_commit_settling_chil
     fence = Fence(parent.id, parent.attempt, "w")
     kids = [new_run(task_id="child", parent_id=parent.id, root_id=parent.id) for _ in range(3)]
 
-    def child_wait(position: int, kid: NewRun, batch: int) -> StepRecord:
-        return StepRecord(
-            run_id=parent.id,
-            position=position,
-            kind="child",
-            name="child",
-            status="pending",
-            child_run_id=kid.id,
-            batch=batch,
-            attempt=parent.attempt,
-        )
-
     step = StepRecord(
         run_id=parent.id,
         position=0,
@@ -244,7 +226,8 @@ async def test_a_batch_of_child_waits_is_one_event_and_each_commit_settling_chil
         attempt=parent.attempt,
     )
     # Two batches in one write: each is its own event.
-    steps = [step, child_wait(1, kids[0], 1), child_wait(2, kids[1], 1), child_wait(3, kids[2], 3)]
+    waits = [child_wait(parent, 1, kids[0], 1), child_wait(parent, 2, kids[1], 1)]
+    steps = [step, *waits, child_wait(parent, 3, kids[2], 3)]
     assert await storage.record_steps(fence, steps, T0, children=kids)
     assert await storage.suspend(fence, [1, 2, 3], None, T0)
     first, second, third = await claim(storage, "w2", task_ids=["child"], limit=3, now=T0 + 1)
