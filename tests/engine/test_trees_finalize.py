@@ -5,6 +5,7 @@ output: its body would only return it, so it is not claimed, replayed and finish
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from perdure import (
@@ -17,6 +18,7 @@ from perdure import (
     child,
 )
 
+from .conftest import MakeEngine
 from .durable.support import assert_contiguous
 from .trees.support import Calls
 
@@ -131,3 +133,48 @@ async def test_completions_by_finalize_cascade_up_a_tree_of_parents(engine: Engi
     assert inner_run.finished_at == outer_run.finished_at  # the same commit
     assert events[-1].type == "completed"
     assert_contiguous(events)
+
+
+def define_tree(engine: Engine) -> Task[int, int]:
+    """`root(n)`: children leaf(0..5); finalize `inner`, a parent task whose children are
+    ten times each result and whose finalize task sums them: 10 * (n + ... + n + 5)."""
+    leaf = leaf_task(engine)
+
+    @engine.task(id="sum")
+    async def sum_task(ctx: RunContext, data: FinalizeInput[Any]) -> int:
+        return sum(c.output for c in data.children if c.ok)
+
+    @engine.parent_task(id="inner", finalize=sum_task)
+    def inner(ctx: RunContext, data: FinalizeInput[None]) -> Parent[None]:
+        return Parent(children=[child(leaf, c.output * 10) for c in data.children if c.ok])
+
+    @engine.parent_task(id="root", finalize=inner)
+    def root(ctx: RunContext, n: int) -> Parent[None]:
+        return Parent(children=[child(leaf, n + i) for i in range(6)])
+
+    return root
+
+
+async def test_two_workers_completing_finalize_tasks_at_once_complete_each_parent_once(
+    make_engine: MakeEngine, shared_url: str
+) -> None:
+    """Two engines on one database, few slots each, so that finalize tasks of different
+    trees complete in concurrent commits: every root completes once, with its output."""
+    first, second = make_engine(shared_url, concurrency=4), make_engine(shared_url, concurrency=4)
+    root = define_tree(first)
+    define_tree(second)
+
+    async with first, second:
+        handles = await root.batch_trigger(list(range(20)))
+        outputs = await asyncio.gather(*(h.result(timeout=60) for h in handles))
+        runs = [await h.get() for h in handles]
+        histories = [await h.events() for h in handles]
+        statuses = await (await first.open()).count_by_status()
+
+    assert outputs == [10 * (6 * n + 15) for n in range(20)]
+    assert {(r.status, r.attempt) for r in runs} == {(RunStatus.COMPLETED, 2)}
+    for events in histories:
+        assert [e.type for e in events].count("completed") == 1
+        assert_contiguous(events)
+    # Per tree: the root, 6 leaves, inner, its 6 leaves and its sum task.
+    assert statuses == {"completed": 20 * (1 + 6 + 1 + 6 + 1)}
