@@ -133,7 +133,7 @@ class RunWaiters:
                 self._settle(run_id, RunNotFoundError(run_id))
             elif (run := found[run_id]) is not None:
                 self._settle(run_id, run)
-            else:
+            elif run_id in self._finished:  # its callers may have left during the read
                 self._known.add(run_id)
         for run_id, run in finished.items():
             if run is not None:
