@@ -47,6 +47,8 @@ from drain import (
     wait_all_finished,
     worker_processes,
 )
+from pace import describe as describe_pace
+from pace import pace as measure_pace
 from report import render_console, write_markdown
 
 from perdure import Engine
@@ -443,6 +445,8 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
         "machine": f"{os.cpu_count()} cores, {_memory_gib()} GiB, {platform.platform()}",
         # 2 cores: anything else running (a test suite) shows here and skews every figure.
         "load average (1/5/15 min) at start": _load_average(),
+        # A shared VM's speed drifts 2-4x from hour to hour: compare runs by this first.
+        "machine pace at start": describe_pace(measure_pace()),
         "python": sys.version.split()[0],
         "perdure commit": _git("rev-parse", "--short", "HEAD")
         + (" (with uncommitted changes)" if _git("status", "--porcelain", "src") else ""),
@@ -572,6 +576,7 @@ def main(argv: list[str] | None = None) -> None:
         }
         document["wall_s"] = time.perf_counter() - started
         document["environment"]["load average (1/5/15 min) at end"] = _load_average()
+        document["environment"]["machine pace at end"] = describe_pace(measure_pace())
         path = RESULTS / f"{args.date}-{args.suite}.json"
         path.write_text(json.dumps(document, indent=1, default=_json_default) + "\n")
         log(f"wrote {path.relative_to(ROOT)}")

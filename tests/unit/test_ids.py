@@ -123,3 +123,30 @@ def _decode(chars: str) -> int:
     for ch in chars:
         value = value * 32 + alphabet.index(ch)
     return value
+
+
+def _reference_body(millis: int, rand: int) -> str:
+    """An id body by definition: the 130-bit number (50 bits of milliseconds, 80 random) in
+    26 Crockford base32 digits, most significant first."""
+    value = millis << 80 | rand
+    return "".join(
+        "0123456789abcdefghjkmnpqrstvwxyz"[value >> (5 * i) & 31] for i in range(25, -1, -1)
+    )
+
+
+@pytest.mark.parametrize(
+    ("millis", "rand"),
+    [
+        (0, 0),
+        (2**50 - 1, 2**80 - 1),
+        (1_700_000_000_123, 1),
+        (1_700_000_000_123, 2**40),
+        (1_700_000_000_123, 2**40 - 1),
+        (4_102_444_800_500, 0x0123456789ABCDEF0123),
+        (1, 2**79),
+    ],
+)
+def test_an_id_body_is_its_time_and_random_part_in_base32(millis: int, rand: int) -> None:
+    from perdure.core.ids import _encode  # pyright: ignore[reportPrivateUsage]
+
+    assert _encode(millis, rand) == _reference_body(millis, rand)

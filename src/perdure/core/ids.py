@@ -38,14 +38,23 @@ if hasattr(os, "register_at_fork"):
 
 # Every pair of characters, indexed by the 10 bits it encodes: an id body is 13 lookups.
 _PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
-_PAIR_SHIFTS = tuple(range((_TIME_CHARS + _RANDOM_CHARS) * 5 - 10, -1, -10))
 _TIME_MASK = (1 << (_TIME_CHARS * 5)) - 1
+_HALF_MASK = (1 << (_RANDOM_BITS // 2)) - 1
 
 
-def _encode(millis: int, rand: int) -> str:
+def _encode(millis: int, rand: int, p: list[str] = _PAIRS) -> str:
     """The 26 characters of an id body: 10 of milliseconds, then 16 of the random part."""
-    value = (millis & _TIME_MASK) << _RANDOM_BITS | rand
-    return "".join([_PAIRS[value >> shift & 1023] for shift in _PAIR_SHIFTS])
+    # Written out on three ints of at most 50 bits: twice as fast as a loop over one
+    # 130-bit int (every run is given an id; a bulk trigger makes thousands).
+    t = millis & _TIME_MASK
+    hi, lo = rand >> (_RANDOM_BITS // 2), rand & _HALF_MASK
+    return "".join(
+        (
+            p[t >> 40], p[t >> 30 & 1023], p[t >> 20 & 1023], p[t >> 10 & 1023], p[t & 1023],
+            p[hi >> 30], p[hi >> 20 & 1023], p[hi >> 10 & 1023], p[hi & 1023],
+            p[lo >> 30], p[lo >> 20 & 1023], p[lo >> 10 & 1023], p[lo & 1023],
+        )
+    )  # fmt: skip
 
 
 def _draw_random() -> int:
