@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.chaos.pgcluster import PostgresCluster, private_cluster
+from tests.chaos.workers import ChaosWorkers
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +36,14 @@ def pg_cluster(pg_cluster_session: PostgresCluster) -> Iterator[PostgresCluster]
 def cluster_url(pg_cluster: PostgresCluster) -> str:
     """A fresh, empty database on the private cluster (perdure migrates it on first open)."""
     return pg_cluster.create_database(f"perdure_chaos_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def workers(cluster_url: str, tmp_path: Path) -> Iterator[ChaosWorkers]:
+    """Chaos worker processes on `cluster_url` (none started yet), all killed afterwards."""
+    chaos = ChaosWorkers(cluster_url, tmp_path)
+    try:
+        yield chaos
+    finally:
+        chaos.stop_all()
+        print(chaos.tail())

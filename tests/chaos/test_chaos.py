@@ -17,25 +17,18 @@ other test.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import random
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
 import psycopg
 import pytest
 
 from .apps.chaos_app import CREATE_SIDE_TABLE, LEASE, STEPS, TASK_ID, build_engine
 from .pgcluster import PostgresCluster
+from .workers import ChaosWorkers, query
 
-WORKER_SCRIPT = Path(__file__).parent / "apps" / "chaos_worker.py"
 WORKERS = 4
 RUNS = 2000
 KILL_EVERY = (1.0, 2.0)  # seconds between two kills, uniformly random
@@ -47,7 +40,6 @@ STOP_KILLING_AT = 0.9  # fraction of runs completed after which the workers are 
 MAX_KILLS = 12  # however slow the machine: each kill costs a process start and idle slots
 RECOVERY_BOUND = LEASE + 5
 DEADLINE = 180.0  # seconds for the whole drain, far above what it takes
-STARTUP = 30.0
 
 
 @dataclass
@@ -55,92 +47,6 @@ class Kill:
     at: float
     worker_id: str
     in_flight: list[tuple[str, int]]  # (run id, attempt) the worker was running
-
-
-@dataclass
-class ChaosWorkers:
-    """The worker processes; each prints `ready <worker id>` once it has started."""
-
-    url: str
-    logs: Path
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    ids: dict[int, str] = field(default_factory=dict)  # pid -> worker id
-    killed: set[int] = field(default_factory=set)  # pids we killed
-
-    def start(self) -> subprocess.Popen[bytes]:
-        log = self.logs / f"worker-{len(self.procs)}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, str(WORKER_SCRIPT), self.url],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        self.procs.append(proc)
-        return proc
-
-    def _log(self, index: int) -> str:
-        return (self.logs / f"worker-{index}.log").read_text(errors="replace")
-
-    def worker_id(self, proc: subprocess.Popen[bytes]) -> str | None:
-        if proc.pid not in self.ids:
-            for line in self._log(self.procs.index(proc)).splitlines():
-                if line.startswith("ready "):
-                    self.ids[proc.pid] = line.split()[1]
-        return self.ids.get(proc.pid)
-
-    def wait_ready(self, procs: list[subprocess.Popen[bytes]]) -> None:
-        deadline = time.monotonic() + STARTUP
-        while not all(self.worker_id(p) for p in procs):
-            exited = [p.pid for p in procs if p.poll() is not None]
-            assert not exited, f"worker processes {exited} exited at startup:\n{self.tail()}"
-            assert time.monotonic() < deadline, f"workers did not start:\n{self.tail()}"
-            time.sleep(0.05)
-
-    def alive(self) -> list[subprocess.Popen[bytes]]:
-        return [p for p in self.procs if p.poll() is None]
-
-    def kill(self, proc: subprocess.Popen[bytes]) -> None:
-        self.killed.add(proc.pid)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-
-    def unexpected_exits(self) -> list[tuple[int, int | None]]:
-        return [
-            (p.pid, p.poll())
-            for p in self.procs
-            if p.poll() is not None and p.pid not in self.killed
-        ]
-
-    def tail(self, lines: int = 40) -> str:
-        return "\n".join(
-            f"--- worker-{i} (pid {p.pid}, exit {p.poll()})\n"
-            + "\n".join(self._log(i).splitlines()[-lines:])
-            for i, p in enumerate(self.procs)
-        )
-
-    def stop_all(self) -> None:
-        for proc in self.alive():
-            proc.send_signal(signal.SIGKILL)
-        for proc in self.procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
-
-
-@pytest.fixture
-def workers(cluster_url: str, tmp_path: Path) -> Iterator[ChaosWorkers]:
-    chaos = ChaosWorkers(cluster_url, tmp_path)
-    try:
-        yield chaos
-    finally:
-        chaos.stop_all()
-        print(chaos.tail())
-
-
-def query(url: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
-    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
-        return conn.execute(sql.encode(), params).fetchall()
 
 
 def completed(url: str) -> int:

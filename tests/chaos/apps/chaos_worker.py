@@ -1,6 +1,9 @@
 """Run one chaos worker process until SIGTERM (or SIGKILL).
 
-Usage: python chaos_worker.py DATABASE_URL
+Usage: python chaos_worker.py DATABASE_URL [APP]
+
+APP names the module of this folder whose `build_engine(url, executions)` makes the engine
+(default `chaos_app`).
 
 Prints `ready <worker id>` once the worker has started.
 """
@@ -8,16 +11,18 @@ Prints `ready <worker id>` once the worker has started.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import signal
 import sys
 
-from chaos_app import build_engine, side_pool
+from chaos_app import side_pool
 
 from perdure import PerdureError
 
 
-async def main(url: str) -> None:
+async def main(url: str, app: str) -> None:
+    build_engine = importlib.import_module(app).build_engine
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with side_pool(url) as executions:
@@ -41,4 +46,4 @@ if __name__ == "__main__":
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("psycopg").setLevel(logging.ERROR)
-    asyncio.run(main(sys.argv[1]))
+    asyncio.run(main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "chaos_app"))

@@ -1,0 +1,92 @@
+"""The task trees of the tree chaos test (tests/chaos/test_chaos_trees.py), public API only.
+
+Three kinds of roots, each a different path through spawns, waits and wake-ups:
+- `chaos-tree.parent`: a parent task of `CHILDREN` children with a finalize *task* (the group
+  commit of spawns, settling children, a parent completed by its finalize task's commit);
+- `chaos-tree.sequence`: four steps, each a child run that waits for the one before;
+- `chaos-tree.fanout`: a durable function that `batch_trigger_and_wait`s `FANOUT` children,
+  then records a step.
+
+Every body works a little (a random sleep), so kills land mid-body, mid-spawn and mid-commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+from perdure import Engine, FinalizeInput, Parent, RunContext, child
+
+try:
+    from .chaos_app import HEARTBEAT, LEASE, MAX_LOST_LEASES, RETRY
+except ImportError:  # loaded by apps/chaos_worker.py as a top-level module
+    from chaos_app import HEARTBEAT, LEASE, MAX_LOST_LEASES, RETRY  # type: ignore[no-redef]
+
+CHILDREN = 20
+FANOUT = 10
+STEPS = 4
+CONCURRENCY = 8  # few slots per worker: the work lasts long enough to be killed many times
+
+
+def parent_output(n: int) -> int:
+    """What `chaos-tree.parent` with input `n` must end with."""
+    return n + sum(n * 100 + i for i in range(CHILDREN))
+
+
+def fanout_output(n: int) -> int:
+    return sum(n * 100 + i for i in range(FANOUT)) + 1
+
+
+async def work() -> None:
+    await asyncio.sleep(random.uniform(0.05, 0.25))
+
+
+def build_engine(url: str, executions: Any = None) -> Engine:
+    """The engine with the tree tasks (`executions` is the other app's; unused here)."""
+    engine = Engine(
+        url,
+        lease=LEASE,
+        heartbeat=HEARTBEAT,
+        poll_interval=0.25,
+        shutdown_grace=1,
+        concurrency=CONCURRENCY,
+        max_lost_leases=MAX_LOST_LEASES,
+    )
+
+    @engine.task(id="chaos-tree.child", retry=RETRY)
+    async def child_task(ctx: RunContext, n: int) -> int:
+        await work()
+        return n
+
+    @engine.task(id="chaos-tree.finalize", retry=RETRY)
+    async def finalize(ctx: RunContext, data: FinalizeInput[int]) -> int:
+        failed = [c.run_id for c in data.children if not c.ok]
+        if failed:  # no child may fail here: the parent would end with a wrong output
+            raise RuntimeError(f"children failed: {failed}")
+        await work()
+        return (data.output or 0) + sum(c.output or 0 for c in data.children)
+
+    @engine.parent_task(id="chaos-tree.parent", finalize=finalize, retry=RETRY)
+    async def parent(ctx: RunContext, n: int) -> Parent[int]:
+        await work()
+        return Parent(output=n, children=[child(child_task, n * 100 + i) for i in range(CHILDREN)])
+
+    @engine.task(id="chaos-tree.step", retry=RETRY)
+    async def step(ctx: RunContext, n: int) -> int:
+        await work()
+        return n + 1
+
+    engine.sequence("chaos-tree.sequence", [step] * STEPS)
+
+    def plus_one(total: int) -> int:
+        return total + 1
+
+    @engine.task(id="chaos-tree.fanout", retry=RETRY)
+    async def fanout(ctx: RunContext, n: int) -> int:
+        results = await child_task.batch_trigger_and_wait([n * 100 + i for i in range(FANOUT)])
+        if not all(r.ok for r in results):
+            raise RuntimeError("a child failed")
+        return await ctx.step("plus_one", plus_one, sum(r.output or 0 for r in results))
+
+    return engine

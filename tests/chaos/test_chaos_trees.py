@@ -1,0 +1,157 @@
+"""Chaos on task trees: three worker processes run parents with a finalize task, sequences and
+durable fan-outs (apps/chaos_trees_app.py) while random workers are SIGKILLed (and replaced)
+over and over: mid-body, mid-spawn, mid-commit of children's outcomes.
+
+What must hold afterwards, from what the database says:
+- every run completed, exactly once (one `completed` event each);
+- no child was spawned twice: each parent has exactly its children, one finalize task, each
+  sequence exactly its steps, each fan-out exactly its children (a spawn replayed after a
+  crash must find its committed children, not make new ones);
+- every root's output is what its children computed (a finalize task saw every child).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+
+import pytest
+
+from .apps.chaos_trees_app import (
+    CHILDREN,
+    FANOUT,
+    STEPS,
+    build_engine,
+    fanout_output,
+    parent_output,
+)
+from .workers import ChaosWorkers, query
+
+WORKERS = 3
+PARENTS, SEQUENCES, FANOUTS = 24, 12, 12
+ROOTS = PARENTS + SEQUENCES + FANOUTS
+RUNS = PARENTS * (CHILDREN + 2) + SEQUENCES * (STEPS + 1) + FANOUTS * (FANOUT + 1)
+KILL_EVERY = (0.7, 1.5)  # seconds between two kills, uniformly random
+MAX_KILLS = 8
+STOP_KILLING_AT = 0.9  # fraction of all runs completed after which workers are left alone
+DEADLINE = 150.0  # seconds for the whole workload, far above what it takes
+
+
+async def trigger_roots(url: str) -> None:
+    """Migrate and trigger every root."""
+    client = build_engine(url)
+    try:
+        await client.open()
+        for task_id, count in (
+            ("chaos-tree.parent", PARENTS),
+            ("chaos-tree.sequence", SEQUENCES),
+            ("chaos-tree.fanout", FANOUTS),
+        ):
+            handles = await client.get_task(task_id).batch_trigger(list(range(count)))
+            assert len(handles) == count
+    finally:
+        await client.close()
+
+
+def roots_finished(url: str) -> int:
+    return query(
+        url,
+        "SELECT count(*) FROM perdure_runs WHERE parent_id IS NULL "
+        "AND status IN ('completed', 'failed', 'cancelled', 'timed_out', 'expired', "
+        "'finalize_failed')",
+    )[0][0]
+
+
+def completed(url: str) -> int:
+    return query(url, "SELECT count(*) FROM perdure_runs WHERE status = 'completed'")[0][0]
+
+
+def children_of(url: str, task_id: str) -> dict[int, dict[str, int]]:
+    """Per root of `task_id` (by its input): how many children of each task it has."""
+    rows = query(
+        url,
+        "SELECT p.input, c.task_id, count(c.id) FROM perdure_runs AS p "
+        "LEFT JOIN perdure_runs AS c ON c.parent_id = p.id "
+        "WHERE p.task_id = %s GROUP BY p.input, c.task_id",
+        (task_id,),
+    )
+    found: dict[int, dict[str, int]] = {}
+    for input_json, child_task, n in rows:
+        found.setdefault(json.loads(input_json), {})[child_task] = n
+    return found
+
+
+def outputs_of(url: str, task_id: str) -> dict[int, object]:
+    rows = query(url, "SELECT input, output FROM perdure_runs WHERE task_id = %s", (task_id,))
+    return {json.loads(i): None if o is None else json.loads(o) for i, o in rows}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_killed_workers_lose_no_tree_node_and_spawn_no_child_twice(
+    cluster_url: str, workers: ChaosWorkers
+) -> None:
+    url = cluster_url
+    seed = os.environ.get("PERDURE_CHAOS_SEED", str(time.time_ns()))
+    print(f"chaos seed: {seed} (set PERDURE_CHAOS_SEED to replay the same choices)")
+    rng = random.Random(seed)
+    asyncio.run(trigger_roots(url))
+    workers.app = "chaos_trees_app"
+    workers.wait_ready([workers.start() for _ in range(WORKERS)])
+
+    kills = 0
+    started = time.monotonic()
+    next_kill = started + rng.uniform(*KILL_EVERY)
+    while (done := roots_finished(url)) < ROOTS:
+        assert time.monotonic() - started < DEADLINE, (
+            f"only {done} of {ROOTS} roots finished after {DEADLINE}s:\n{workers.tail()}"
+        )
+        assert not workers.unexpected_exits(), f"a worker exited:\n{workers.tail()}"
+        if (
+            time.monotonic() >= next_kill
+            and kills < MAX_KILLS
+            and completed(url) < RUNS * STOP_KILLING_AT
+        ):
+            ready = [p for p in workers.alive() if workers.worker_id(p)]
+            if ready:
+                workers.kill(rng.choice(ready))
+                kills += 1
+                workers.start()  # a replacement; it joins whenever it is ready
+            next_kill = time.monotonic() + rng.uniform(*KILL_EVERY)
+        time.sleep(0.1)
+    finished_in = time.monotonic() - started
+    assert not workers.unexpected_exits(), f"a worker exited:\n{workers.tail()}"
+
+    # Every run completed, exactly once.
+    statuses = dict(query(url, "SELECT status, count(*) FROM perdure_runs GROUP BY status"))
+    assert statuses == {"completed": RUNS}
+    completions = query(
+        url,
+        "SELECT r.id, count(e.run_id) FROM perdure_runs AS r LEFT JOIN perdure_events AS e "
+        "ON e.run_id = r.id AND e.type = 'completed' GROUP BY r.id HAVING count(e.run_id) <> 1",
+    )
+    assert completions == [], f"runs not completed exactly once: {completions[:10]}"
+
+    # Each node has exactly its children: none spawned twice, none lost.
+    parents = children_of(url, "chaos-tree.parent")
+    assert parents == {
+        n: {"chaos-tree.child": CHILDREN, "chaos-tree.finalize": 1} for n in range(PARENTS)
+    }
+    sequences = children_of(url, "chaos-tree.sequence")
+    assert sequences == {n: {"chaos-tree.step": STEPS} for n in range(SEQUENCES)}
+    fanouts = children_of(url, "chaos-tree.fanout")
+    assert fanouts == {n: {"chaos-tree.child": FANOUT} for n in range(FANOUTS)}
+
+    # Every root ends with what its children computed.
+    assert outputs_of(url, "chaos-tree.parent") == {n: parent_output(n) for n in range(PARENTS)}
+    assert outputs_of(url, "chaos-tree.sequence") == {n: n + STEPS for n in range(SEQUENCES)}
+    assert outputs_of(url, "chaos-tree.fanout") == {n: fanout_output(n) for n in range(FANOUTS)}
+
+    # The chaos did happen: runs lost their workers.
+    lost = query(url, "SELECT count(*) FROM perdure_events WHERE type = 'lease_lost'")[0][0]
+    assert kills >= 3, f"only {kills} kills"
+    assert lost > 0
+    print(f"tree chaos: {RUNS} runs in {finished_in:.1f}s; {kills} kills; {lost} leases lost")
