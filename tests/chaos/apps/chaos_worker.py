@@ -11,6 +11,7 @@ Prints `ready <worker id>` once the worker has started.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import signal
@@ -25,7 +26,9 @@ async def main(url: str, app: str) -> None:
     build_engine = importlib.import_module(app).build_engine
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    async with side_pool(url) as executions:
+    # Only the step-counting app writes a side table (on PostgreSQL); the others need none.
+    side = side_pool(url) if app == "chaos_app" else contextlib.nullcontext()
+    async with side as executions:
         engine = build_engine(url, executions)
         # Started while the database is restarting? Wait for it, as a supervisor would.
         delay = 0.1
