@@ -1,6 +1,7 @@
 """Chaos on task trees: three worker processes run parents with a finalize task, sequences and
 durable fan-outs (apps/chaos_trees_app.py) while random workers are SIGKILLed (and replaced)
-over and over: mid-body, mid-spawn, mid-commit of children's outcomes.
+over and over: mid-body, mid-spawn, mid-commit of children's outcomes. On PostgreSQL (a private
+cluster) the server also crashes and restarts once, mid-tree.
 
 What must hold afterwards, from what the database says:
 - every run completed, exactly once (one `completed` event each);
@@ -32,6 +33,7 @@ from .apps.chaos_trees_app import (
     fanout_output,
     parent_output,
 )
+from .pgcluster import PostgresCluster
 from .workers import ChaosWorkers
 from .workers import query as postgres_query
 
@@ -43,6 +45,8 @@ RUNS = PARENTS * (CHILDREN + 2) + SEQUENCES * (STEPS + 1) + FANOUTS * (FANOUT + 
 # last over 4 s (~600 bodies of 0.15 s on 24 slots) however fast the machine: 2 kills at least.
 KILL_EVERY = (0.5, 1.0)
 MAX_KILLS = 8
+RESTART_AFTER_KILLS = 2  # PostgreSQL: crash the server once, after this many kills
+OUTAGE = 1.0  # seconds it stays down
 STOP_KILLING_AT = 0.9  # fraction of all runs completed after which workers are left alone
 DEADLINE = 150.0  # seconds for the whole workload, far above what it takes
 
@@ -56,17 +60,19 @@ def query(url: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
 
 
 @pytest.fixture(params=["postgres", "sqlite"])
-def tree_workers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ChaosWorkers]:
-    """Chaos workers of the tree app on a fresh PostgreSQL database of the private cluster, or
-    on a SQLite file shared by the worker processes."""
+def tree_workers(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[ChaosWorkers, PostgresCluster | None]]:
+    """Chaos workers of the tree app, with the private cluster they use (to restart), or on a
+    SQLite file shared by the worker processes (and no server)."""
     if request.param == "postgres":
         chaos: ChaosWorkers = request.getfixturevalue("workers")
         chaos.app = "chaos_trees_app"
-        yield chaos
+        yield chaos, request.getfixturevalue("pg_cluster")
         return
     chaos = ChaosWorkers(f"sqlite:///{tmp_path}/chaos.db", tmp_path, "chaos_trees_app")
     try:
-        yield chaos
+        yield chaos, None
     finally:
         chaos.stop_all()
         print(chaos.tail())
@@ -124,9 +130,9 @@ def outputs_of(url: str, task_id: str) -> dict[int, object]:
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_killed_workers_lose_no_tree_node_and_spawn_no_child_twice(
-    tree_workers: ChaosWorkers,
+    tree_workers: tuple[ChaosWorkers, PostgresCluster | None],
 ) -> None:
-    workers = tree_workers
+    workers, cluster = tree_workers
     url = workers.url
     seed = os.environ.get("PERDURE_CHAOS_SEED", str(time.time_ns()))
     print(f"chaos seed: {seed} (set PERDURE_CHAOS_SEED to replay the same choices)")
@@ -134,7 +140,7 @@ def test_killed_workers_lose_no_tree_node_and_spawn_no_child_twice(
     asyncio.run(trigger_roots(url))
     workers.wait_ready([workers.start() for _ in range(WORKERS)])
 
-    kills = 0
+    kills, restarted = 0, False
     started = time.monotonic()
     next_kill = started + rng.uniform(*KILL_EVERY)
     while (done := roots_finished(url)) < ROOTS:
@@ -153,6 +159,12 @@ def test_killed_workers_lose_no_tree_node_and_spawn_no_child_twice(
                 kills += 1
                 workers.start()  # a replacement; it joins whenever it is ready
             next_kill = time.monotonic() + rng.uniform(*KILL_EVERY)
+            if cluster is not None and not restarted and kills >= RESTART_AFTER_KILLS:
+                cluster.stop("immediate")  # a crash, to its clients
+                time.sleep(OUTAGE)
+                assert not workers.unexpected_exits(), f"a worker exited:\n{workers.tail()}"
+                cluster.start()
+                restarted = True
         time.sleep(0.1)
     finished_in = time.monotonic() - started
     assert not workers.unexpected_exits(), f"a worker exited:\n{workers.tail()}"
@@ -185,5 +197,9 @@ def test_killed_workers_lose_no_tree_node_and_spawn_no_child_twice(
     # The chaos did happen: runs lost their workers.
     lost = query(url, "SELECT count(*) FROM perdure_events WHERE type = 'lease_lost'")[0][0]
     assert kills >= 2, f"only {kills} kills"
+    assert restarted or cluster is None
     assert lost > 0
-    print(f"tree chaos: {RUNS} runs in {finished_in:.1f}s; {kills} kills; {lost} leases lost")
+    print(
+        f"tree chaos: {RUNS} runs in {finished_in:.1f}s; {kills} kills; {lost} leases lost"
+        + ("; the server restarted once" if restarted else "")
+    )
