@@ -27,7 +27,7 @@ import pytest
 
 from .apps.chaos_app import CREATE_SIDE_TABLE, LEASE, STEPS, TASK_ID, build_engine
 from .pgcluster import PostgresCluster
-from .workers import ChaosWorkers, query
+from .workers import ChaosWorkers, assert_every_run_completed_once, query
 
 WORKERS = 4
 RUNS = 2000
@@ -184,15 +184,7 @@ def test_chaos_kills_and_a_database_restart_lose_nothing_and_rerun_no_committed_
     assert outage is not None, "the database was never restarted"
     assert not workers.unexpected_exits(), f"a worker exited:\n{workers.tail()}"
 
-    # Every run completed, exactly once.
-    statuses = dict(query(url, "SELECT status, count(*) FROM perdure_runs GROUP BY status"))
-    assert statuses == {"completed": RUNS}
-    completions = query(
-        url,
-        "SELECT r.id, count(e.run_id) FROM perdure_runs AS r LEFT JOIN perdure_events AS e "
-        "ON e.run_id = r.id AND e.type = 'completed' GROUP BY r.id HAVING count(e.run_id) <> 1",
-    )
-    assert completions == [], f"runs not completed exactly once: {completions[:10]}"
+    assert_every_run_completed_once(query, url, RUNS)
 
     # Each run recorded its three steps, each executed in the attempt that recorded it and
     # never in a later one.

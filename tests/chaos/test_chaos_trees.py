@@ -34,7 +34,7 @@ from .apps.chaos_trees_app import (
     parent_output,
 )
 from .pgcluster import PostgresCluster
-from .workers import ChaosWorkers
+from .workers import ChaosWorkers, assert_every_run_completed_once
 from .workers import query as postgres_query
 
 WORKERS = 3
@@ -169,15 +169,7 @@ def test_killed_workers_lose_no_tree_node_and_spawn_no_child_twice(
     finished_in = time.monotonic() - started
     assert not workers.unexpected_exits(), f"a worker exited:\n{workers.tail()}"
 
-    # Every run completed, exactly once.
-    statuses = dict(query(url, "SELECT status, count(*) FROM perdure_runs GROUP BY status"))
-    assert statuses == {"completed": RUNS}
-    completions = query(
-        url,
-        "SELECT r.id, count(e.run_id) FROM perdure_runs AS r LEFT JOIN perdure_events AS e "
-        "ON e.run_id = r.id AND e.type = 'completed' GROUP BY r.id HAVING count(e.run_id) <> 1",
-    )
-    assert completions == [], f"runs not completed exactly once: {completions[:10]}"
+    assert_every_run_completed_once(query, url, RUNS)
 
     # Each node has exactly its children: none spawned twice, none lost.
     parents = children_of(url, "chaos-tree.parent")

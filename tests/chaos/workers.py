@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,3 +94,18 @@ class ChaosWorkers:
 def query(url: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
     with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
         return conn.execute(sql.encode(), params).fetchall()
+
+
+Query = Callable[[str, str], list[tuple[Any, ...]]]
+
+
+def assert_every_run_completed_once(query: Query, url: str, runs: int) -> None:
+    """Every one of the `runs` runs is `completed`, with exactly one `completed` event."""
+    statuses = dict(query(url, "SELECT status, count(*) FROM perdure_runs GROUP BY status"))
+    assert statuses == {"completed": runs}
+    completions = query(
+        url,
+        "SELECT r.id, count(e.run_id) FROM perdure_runs AS r LEFT JOIN perdure_events AS e "
+        "ON e.run_id = r.id AND e.type = 'completed' GROUP BY r.id HAVING count(e.run_id) <> 1",
+    )
+    assert completions == [], f"runs not completed exactly once: {completions[:10]}"

@@ -47,17 +47,22 @@ def side_pool(url: str) -> AsyncConnectionPool:
     )
 
 
-def build_engine(url: str, executions: AsyncConnectionPool | None = None) -> Engine:
-    """The engine with the chaos task; `executions` is needed only where it runs."""
-    engine = Engine(
+def chaos_engine(url: str, concurrency: int = CONCURRENCY) -> Engine:
+    """An engine with the chaos tests' short lease and fast polling, and no tasks yet."""
+    return Engine(
         url,
         lease=LEASE,
         heartbeat=HEARTBEAT,
         poll_interval=0.25,
         shutdown_grace=1,
-        concurrency=CONCURRENCY,
+        concurrency=concurrency,
         max_lost_leases=MAX_LOST_LEASES,
     )
+
+
+def build_engine(url: str, executions: AsyncConnectionPool | None = None) -> Engine:
+    """The engine with the chaos task; `executions` is needed only where it runs."""
+    engine = chaos_engine(url)
 
     async def execute(run_id: str, attempt: int, step: str) -> str:
         assert executions is not None, "this engine only triggers; it runs no steps"

@@ -19,9 +19,9 @@ from typing import Any
 from perdure import Engine, FinalizeInput, Parent, RunContext, child
 
 try:
-    from .chaos_app import HEARTBEAT, LEASE, MAX_LOST_LEASES, RETRY
+    from .chaos_app import RETRY, chaos_engine
 except ImportError:  # loaded by apps/chaos_worker.py as a top-level module
-    from chaos_app import HEARTBEAT, LEASE, MAX_LOST_LEASES, RETRY  # type: ignore[no-redef]
+    from chaos_app import RETRY, chaos_engine  # type: ignore[no-redef]
 
 CHILDREN = 20
 FANOUT = 10
@@ -44,15 +44,7 @@ async def work() -> None:
 
 def build_engine(url: str, executions: Any = None) -> Engine:
     """The engine with the tree tasks (`executions` is the other app's; unused here)."""
-    engine = Engine(
-        url,
-        lease=LEASE,
-        heartbeat=HEARTBEAT,
-        poll_interval=0.25,
-        shutdown_grace=1,
-        concurrency=CONCURRENCY,
-        max_lost_leases=MAX_LOST_LEASES,
-    )
+    engine = chaos_engine(url, CONCURRENCY)
 
     @engine.task(id="chaos-tree.child", retry=RETRY)
     async def child_task(ctx: RunContext, n: int) -> int:
