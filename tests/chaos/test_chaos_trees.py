@@ -8,7 +8,9 @@ What must hold afterwards, from what the database says:
 - no child was spawned twice: each parent has exactly its children, one finalize task, each
   sequence exactly its steps, each fan-out exactly its children (a spawn replayed after a
   crash must find its committed children, not make new ones);
-- every root's output is what its children computed (a finalize task saw every child).
+- every root's output is what its children computed (a finalize task saw every child);
+- a recorded step never ran again (every execution of a step function is counted in a side
+  file): at-least-once only for the step in flight at a kill.
 """
 
 from __future__ import annotations
@@ -27,10 +29,13 @@ import pytest
 
 from .apps.chaos_trees_app import (
     CHILDREN,
+    EXECUTIONS_ENV,
     FANOUT,
+    RECORDED_STEPS,
     STEPS,
     build_engine,
     fanout_output,
+    open_executions,
     parent_output,
 )
 from .pgcluster import PostgresCluster
@@ -38,9 +43,9 @@ from .workers import ChaosWorkers, assert_every_run_completed_once
 from .workers import query as postgres_query
 
 WORKERS = 3
-PARENTS, SEQUENCES, FANOUTS = 24, 12, 12
-ROOTS = PARENTS + SEQUENCES + FANOUTS
-RUNS = PARENTS * (CHILDREN + 2) + SEQUENCES * (STEPS + 1) + FANOUTS * (FANOUT + 1)
+PARENTS, SEQUENCES, FANOUTS, STEP_RUNS = 24, 12, 12, 24
+ROOTS = PARENTS + SEQUENCES + FANOUTS + STEP_RUNS
+RUNS = PARENTS * (CHILDREN + 2) + SEQUENCES * (STEPS + 1) + FANOUTS * (FANOUT + 1) + STEP_RUNS
 # Seconds between two kills, uniformly random. The bodies' sleeps alone make the workload
 # last over 4 s (~600 bodies of 0.15 s on 24 slots) however fast the machine: 2 kills at least.
 KILL_EVERY = (0.5, 1.0)
@@ -87,6 +92,7 @@ async def trigger_roots(url: str) -> None:
             ("chaos-tree.parent", PARENTS),
             ("chaos-tree.sequence", SEQUENCES),
             ("chaos-tree.fanout", FANOUTS),
+            ("chaos-tree.steps", STEP_RUNS),
         ):
             handles = await client.get_task(task_id).batch_trigger(list(range(count)))
             assert len(handles) == count
@@ -138,6 +144,9 @@ def test_killed_workers_lose_no_tree_node_and_spawn_no_child_twice(
     print(f"chaos seed: {seed} (set PERDURE_CHAOS_SEED to replay the same choices)")
     rng = random.Random(seed)
     asyncio.run(trigger_roots(url))
+    executions_path = str(workers.logs / "executions.db")
+    open_executions(executions_path).close()
+    workers.env[EXECUTIONS_ENV] = executions_path
     workers.wait_ready([workers.start() for _ in range(WORKERS)])
 
     kills, restarted = 0, False
@@ -185,6 +194,36 @@ def test_killed_workers_lose_no_tree_node_and_spawn_no_child_twice(
     assert outputs_of(url, "chaos-tree.parent") == {n: parent_output(n) for n in range(PARENTS)}
     assert outputs_of(url, "chaos-tree.sequence") == {n: n + STEPS for n in range(SEQUENCES)}
     assert outputs_of(url, "chaos-tree.fanout") == {n: fanout_output(n) for n in range(FANOUTS)}
+
+    # A recorded step never ran again: each was executed in the attempt that recorded it and
+    # in no later one (the step in flight at a kill may run again: it was never recorded).
+    recorded = {
+        (run_id, name): attempt
+        for run_id, name, attempt in query(
+            url,
+            "SELECT s.run_id, s.name, s.attempt FROM perdure_steps AS s JOIN perdure_runs AS r "
+            "ON r.id = s.run_id WHERE r.task_id = 'chaos-tree.steps' AND s.status = 'completed'",
+        )
+    }
+    assert len(recorded) == STEP_RUNS * len(RECORDED_STEPS)
+    side = open_executions(executions_path)
+    executions = side.execute("SELECT run_id, step, attempt FROM executions").fetchall()
+    side.close()
+    rerun = [e for e in executions if e[2] > recorded[(e[0], e[1])]]
+    assert rerun == [], f"recorded steps executed again: {rerun[:10]}"
+    ran = {(run_id, step, attempt) for run_id, step, attempt in executions}
+    unexecuted = [k for k, attempt in recorded.items() if (*k, attempt) not in ran]
+    assert unexecuted == [], f"recorded steps with no execution: {unexecuted[:10]}"
+    outputs = {
+        run_id: json.loads(output)
+        for run_id, output in query(
+            url, "SELECT id, output FROM perdure_runs WHERE task_id = 'chaos-tree.steps'"
+        )
+    }
+    assert outputs == {
+        run_id: [f"{name}@{recorded[(run_id, name)]}" for name in RECORDED_STEPS]
+        for run_id in outputs
+    }
 
     # The chaos did happen: runs lost their workers.
     lost = query(url, "SELECT count(*) FROM perdure_events WHERE type = 'lease_lost'")[0][0]

@@ -26,6 +26,7 @@ class ChaosWorkers:
     url: str
     logs: Path
     app: str = "chaos_app"  # the module of tests/chaos/apps whose `build_engine` they run
+    env: dict[str, str] = field(default_factory=dict[str, str])  # added to their environment
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     ids: dict[int, str] = field(default_factory=dict)  # pid -> worker id
     killed: set[int] = field(default_factory=set)  # pids we killed
@@ -38,7 +39,7 @@ class ChaosWorkers:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"},
             )
         self.procs.append(proc)
         return proc

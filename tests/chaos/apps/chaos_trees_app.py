@@ -1,11 +1,14 @@
 """The task trees of the tree chaos test (tests/chaos/test_chaos_trees.py), public API only.
 
-Three kinds of roots, each a different path through spawns, waits and wake-ups:
+Four kinds of roots, each a different path through spawns, waits, wake-ups and records:
 - `chaos-tree.parent`: a parent task of `CHILDREN` children with a finalize *task* (the group
   commit of spawns, settling children, a parent completed by its finalize task's commit);
 - `chaos-tree.sequence`: four steps, each a child run that waits for the one before;
 - `chaos-tree.fanout`: a durable function that `batch_trigger_and_wait`s `FANOUT` children,
-  then records a step.
+  then records a step;
+- `chaos-tree.steps`: a durable function of three recorded steps. Each step function first
+  appends (run id, step, attempt) to a side SQLite file (`EXECUTIONS_ENV` names it) in its own
+  commit, so every execution is counted, even one whose result was never recorded.
 
 Every body works a little (a random sleep), so kills land mid-body, mid-spawn and mid-commit.
 """
@@ -13,7 +16,9 @@ Every body works a little (a random sleep), so kills land mid-body, mid-spawn an
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import sqlite3
 from typing import Any
 
 from perdure import Engine, FinalizeInput, Parent, RunContext, child
@@ -27,6 +32,18 @@ CHILDREN = 20
 FANOUT = 10
 STEPS = 4
 CONCURRENCY = 8  # few slots per worker: the work lasts long enough to be killed many times
+RECORDED_STEPS = ("a", "b", "c")
+EXECUTIONS_ENV = "PERDURE_CHAOS_EXECUTIONS"
+CREATE_EXECUTIONS = (
+    "CREATE TABLE IF NOT EXISTS executions (run_id TEXT, step TEXT, attempt INTEGER, pid INTEGER)"
+)
+
+
+def open_executions(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None)  # autocommit
+    conn.execute("PRAGMA journal_mode=WAL")  # committed rows survive a SIGKILL
+    conn.execute(CREATE_EXECUTIONS)
+    return conn
 
 
 def parent_output(n: int) -> int:
@@ -80,5 +97,23 @@ def build_engine(url: str, executions: Any = None) -> Engine:
         if not all(r.ok for r in results):
             raise RuntimeError("a child failed")
         return await ctx.step("plus_one", plus_one, sum(r.output or 0 for r in results))
+
+    executions_path = os.environ.get(EXECUTIONS_ENV)
+    side = None if executions_path is None else open_executions(executions_path)
+
+    async def record_and_work(run_id: str, attempt: int, step: str) -> str:
+        assert side is not None, f"{EXECUTIONS_ENV} is not set where steps run"
+        side.execute(
+            "INSERT INTO executions VALUES (?, ?, ?, ?)", (run_id, step, attempt, os.getpid())
+        )
+        await work()
+        return f"{step}@{attempt}"
+
+    @engine.task(id="chaos-tree.steps", retry=RETRY)
+    async def steps(ctx: RunContext, n: int) -> list[str]:
+        return [
+            await ctx.step(name, record_and_work, ctx.run_id, ctx.attempt, name)
+            for name in RECORDED_STEPS
+        ]
 
     return engine
