@@ -10,7 +10,9 @@ What must hold afterwards, from what the database says:
   crash must find its committed children, not make new ones);
 - every root's output is what its children computed (a finalize task saw every child);
 - a recorded step never ran again (every execution of a step function is counted in a side
-  file): at-least-once only for the step in flight at a kill.
+  file): at-least-once only for the step in flight at a kill;
+- every run suspended in a durable sleep woke, and got the output of the token the test
+  completed from outside.
 """
 
 from __future__ import annotations
@@ -43,9 +45,15 @@ from .workers import ChaosWorkers, assert_every_run_completed_once
 from .workers import query as postgres_query
 
 WORKERS = 3
-PARENTS, SEQUENCES, FANOUTS, STEP_RUNS = 24, 12, 12, 24
-ROOTS = PARENTS + SEQUENCES + FANOUTS + STEP_RUNS
-RUNS = PARENTS * (CHILDREN + 2) + SEQUENCES * (STEPS + 1) + FANOUTS * (FANOUT + 1) + STEP_RUNS
+PARENTS, SEQUENCES, FANOUTS, STEP_RUNS, WAITERS = 24, 12, 12, 24, 12
+ROOTS = PARENTS + SEQUENCES + FANOUTS + STEP_RUNS + WAITERS
+RUNS = (
+    PARENTS * (CHILDREN + 2)
+    + SEQUENCES * (STEPS + 1)
+    + FANOUTS * (FANOUT + 1)
+    + STEP_RUNS
+    + WAITERS
+)
 # Seconds between two kills, uniformly random. The bodies' sleeps alone make the workload
 # last over 4 s (~600 bodies of 0.15 s on 24 slots) however fast the machine: 2 kills at least.
 KILL_EVERY = (0.5, 1.0)
@@ -93,9 +101,20 @@ async def trigger_roots(url: str) -> None:
             ("chaos-tree.sequence", SEQUENCES),
             ("chaos-tree.fanout", FANOUTS),
             ("chaos-tree.steps", STEP_RUNS),
+            ("chaos-tree.waiter", WAITERS),
         ):
             handles = await client.get_task(task_id).batch_trigger(list(range(count)))
             assert len(handles) == count
+    finally:
+        await client.close()
+
+
+async def complete_tokens(url: str, tokens: list[tuple[str, str]]) -> None:
+    """Complete each (run id, token id) with `ok-<run id>`, as another service would."""
+    client = build_engine(url)
+    try:
+        for run_id, token_id in tokens:
+            await client.complete_token(token_id, f"ok-{run_id}")
     finally:
         await client.close()
 
@@ -152,7 +171,15 @@ def test_killed_workers_lose_no_tree_node_and_spawn_no_child_twice(
     kills, restarted = 0, False
     started = time.monotonic()
     next_kill = started + rng.uniform(*KILL_EVERY)
+    completed_tokens: set[str] = set()
     while (done := roots_finished(url)) < ROOTS:
+        side = open_executions(executions_path)
+        published = side.execute("SELECT run_id, token_id FROM tokens").fetchall()
+        side.close()
+        new_tokens = sorted({(r, t) for r, t in published if t not in completed_tokens})
+        if new_tokens:  # a re-run publish step publishes the same token again: once is enough
+            asyncio.run(complete_tokens(url, new_tokens))
+            completed_tokens.update(t for _, t in new_tokens)
         assert time.monotonic() - started < DEADLINE, (
             f"only {done} of {ROOTS} roots finished after {DEADLINE}s:\n{workers.tail()}"
         )
@@ -224,6 +251,13 @@ def test_killed_workers_lose_no_tree_node_and_spawn_no_child_twice(
         run_id: [f"{name}@{recorded[(run_id, name)]}" for name in RECORDED_STEPS]
         for run_id in outputs
     }
+
+    # Every waiter resumed from its durable sleep and got its token's output.
+    waiters = query(url, "SELECT id, output FROM perdure_runs WHERE task_id = 'chaos-tree.waiter'")
+    assert {run_id: json.loads(output) for run_id, output in waiters} == {
+        run_id: f"ok-{run_id}" for run_id, _ in waiters
+    }
+    assert len(completed_tokens) == WAITERS
 
     # The chaos did happen: runs lost their workers.
     lost = query(url, "SELECT count(*) FROM perdure_events WHERE type = 'lease_lost'")[0][0]

@@ -1,6 +1,6 @@
 """The task trees of the tree chaos test (tests/chaos/test_chaos_trees.py), public API only.
 
-Four kinds of roots, each a different path through spawns, waits, wake-ups and records:
+Five kinds of roots, each a different path through spawns, waits, wake-ups and records:
 - `chaos-tree.parent`: a parent task of `CHILDREN` children with a finalize *task* (the group
   commit of spawns, settling children, a parent completed by its finalize task's commit);
 - `chaos-tree.sequence`: four steps, each a child run that waits for the one before;
@@ -8,7 +8,9 @@ Four kinds of roots, each a different path through spawns, waits, wake-ups and r
   then records a step;
 - `chaos-tree.steps`: a durable function of three recorded steps. Each step function first
   appends (run id, step, attempt) to a side SQLite file (`EXECUTIONS_ENV` names it) in its own
-  commit, so every execution is counted, even one whose result was never recorded.
+  commit, so every execution is counted, even one whose result was never recorded;
+- `chaos-tree.waiter`: creates a wait token, publishes its id to the side file (a step), sleeps
+  long enough to suspend, then waits for the token, which the test completes from outside.
 
 Every body works a little (a random sleep), so kills land mid-body, mid-spawn and mid-commit.
 """
@@ -34,15 +36,18 @@ STEPS = 4
 CONCURRENCY = 8  # few slots per worker: the work lasts long enough to be killed many times
 RECORDED_STEPS = ("a", "b", "c")
 EXECUTIONS_ENV = "PERDURE_CHAOS_EXECUTIONS"
+SUSPENDING_SLEEP = 6.0  # over 5 s, a durable sleep suspends the run (docs/durable-functions.md)
 CREATE_EXECUTIONS = (
     "CREATE TABLE IF NOT EXISTS executions (run_id TEXT, step TEXT, attempt INTEGER, pid INTEGER)"
 )
+CREATE_TOKENS = "CREATE TABLE IF NOT EXISTS tokens (run_id TEXT, token_id TEXT)"
 
 
 def open_executions(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=30, isolation_level=None)  # autocommit
     conn.execute("PRAGMA journal_mode=WAL")  # committed rows survive a SIGKILL
     conn.execute(CREATE_EXECUTIONS)
+    conn.execute(CREATE_TOKENS)
     return conn
 
 
@@ -115,5 +120,16 @@ def build_engine(url: str, executions: Any = None) -> Engine:
             await ctx.step(name, record_and_work, ctx.run_id, ctx.attempt, name)
             for name in RECORDED_STEPS
         ]
+
+    def publish(run_id: str, token_id: str) -> None:
+        assert side is not None, f"{EXECUTIONS_ENV} is not set where steps run"
+        side.execute("INSERT INTO tokens VALUES (?, ?)", (run_id, token_id))
+
+    @engine.task(id="chaos-tree.waiter", retry=RETRY)
+    async def waiter(ctx: RunContext, n: int) -> str:
+        token = await ctx.create_token()
+        await ctx.step("publish", publish, ctx.run_id, token.id)
+        await ctx.sleep(SUSPENDING_SLEEP)
+        return await ctx.wait_for_token(token, str)
 
     return engine
