@@ -583,8 +583,7 @@ async def _settle_round(tx: Tx, settled: Sequence[SettledChild], now: float) -> 
     parent_ids = sorted(by_parent)
     # One `children_settled` event per parent: its children settled in this commit are one
     # change of it (each child's own history has its end).
-    counts = [{"id": p, "n_events": 1} for p in parent_ids]
-    bumped = await tx.fetchall("bump_event_seqs", {"rows": dumps(counts)})
+    bumped = await tx.fetchall("bump_event_seqs", {"ids": parent_ids})
     for row in bumped:
         parent_id = row["id"]
         children = by_parent[parent_id][0]

@@ -583,14 +583,10 @@ WHERE r.id = ANY(ARRAY(SELECT id FROM wake)) AND r.id = w.id
 RETURNING r.id, r.event_seq, r.status, r.attempt, r.parent_id, r.output;
 
 -- name: bump_event_seqs
--- Reserve event numbers on several runs (`rows`: a JSON array of {id, n_events}, one per run).
-WITH bump AS (
-    SELECT * FROM json_to_recordset(%(rows)s::json) AS b(id text, n_events integer)
-)
-UPDATE perdure_runs AS r SET event_seq = r.event_seq + b.n_events
-FROM bump AS b
-WHERE r.id = ANY(ARRAY(SELECT id FROM bump)) AND r.id = b.id
-RETURNING r.id, r.event_seq;
+-- Reserve the next event number of each of several runs (`ids`).
+UPDATE perdure_runs SET event_seq = event_seq + 1
+WHERE id = ANY(%(ids)s::text[])
+RETURNING id, event_seq;
 
 -- name: wake_run
 UPDATE perdure_runs

@@ -375,10 +375,9 @@ WHERE perdure_runs.id = json_extract(w.value, '$.id')
 RETURNING id, event_seq, status, attempt, parent_id, output;
 
 -- name: bump_event_seqs
--- Reserve event numbers on several runs (`rows`: a JSON array of {id, n_events}, one per run).
-UPDATE perdure_runs SET event_seq = event_seq + json_extract(b.value, '$.n_events')
-FROM json_each(:rows) AS b
-WHERE perdure_runs.id = json_extract(b.value, '$.id')
+-- Reserve the next event number of each of several runs (`ids`).
+UPDATE perdure_runs SET event_seq = event_seq + 1
+WHERE id IN (SELECT value FROM json_each(:ids))
 RETURNING id, event_seq;
 
 -- name: wake_run
