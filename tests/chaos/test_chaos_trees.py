@@ -1,5 +1,6 @@
-"""Chaos on task trees: three worker processes run parents with a finalize task, sequences and
-durable fan-outs (apps/chaos_trees_app.py) while random workers are SIGKILLed (and replaced)
+"""Chaos on task trees and durable functions: three worker processes run parents with a
+finalize task, sequences, durable fan-outs, recorded steps, and runs that sleep and wait for
+tokens (apps/chaos_trees_app.py) while random workers are SIGKILLed (and replaced)
 over and over: mid-body, mid-spawn, mid-commit of children's outcomes. On PostgreSQL (a private
 cluster) the server also crashes and restarts once, mid-tree.
 
