@@ -165,7 +165,7 @@ def test_killed_workers_lose_no_tree_node_and_spawn_no_child_twice(
     rng = random.Random(seed)
     asyncio.run(trigger_roots(url))
     executions_path = str(workers.logs / "executions.db")
-    open_executions(executions_path).close()
+    side = open_executions(executions_path)  # the test's one connection to the side file
     workers.env[EXECUTIONS_ENV] = executions_path
     workers.wait_ready([workers.start() for _ in range(WORKERS)])
 
@@ -174,9 +174,7 @@ def test_killed_workers_lose_no_tree_node_and_spawn_no_child_twice(
     next_kill = started + rng.uniform(*KILL_EVERY)
     completed_tokens: set[str] = set()
     while (done := roots_finished(url)) < ROOTS:
-        side = open_executions(executions_path)
         published = side.execute("SELECT run_id, token_id FROM tokens").fetchall()
-        side.close()
         new_tokens = sorted({(r, t) for r, t in published if t not in completed_tokens})
         if new_tokens:  # a re-run publish step publishes the same token again: once is enough
             asyncio.run(complete_tokens(url, new_tokens))
@@ -234,7 +232,6 @@ def test_killed_workers_lose_no_tree_node_and_spawn_no_child_twice(
         )
     }
     assert len(recorded) == STEP_RUNS * len(RECORDED_STEPS)
-    side = open_executions(executions_path)
     executions = side.execute("SELECT run_id, step, attempt FROM executions").fetchall()
     side.close()
     rerun = [e for e in executions if e[2] > recorded[(e[0], e[1])]]
