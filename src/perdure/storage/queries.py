@@ -1,4 +1,7 @@
-"""Load named SQL from the `.sql` files shipped in the package (`-- name: x` blocks)."""
+"""Load named SQL from the `.sql` files shipped in the package (`-- name: x` blocks).
+
+A `-- fragment: x` block is SQL that several queries share (e.g. what a claim sets on a run):
+it is not a query itself, and a line `-- include: x` in a query stands for it."""
 
 from __future__ import annotations
 
@@ -6,19 +9,46 @@ import re
 from functools import cache
 from importlib import resources
 
-_NAME = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
+_BLOCK = re.compile(r"^--\s*(name|fragment):\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
+#: An include may end its query: `-- include: x;` (the `;` ends the statement, as elsewhere).
+_INCLUDE = re.compile(r"^(\s*)--\s*include:\s*([a-z_][a-z0-9_]*)\s*;?\s*$")
 
 
 def parse_queries(text: str) -> dict[str, str]:
-    queries: dict[str, str] = {}
-    parts = _NAME.split(text)
-    # parts = [preamble, name1, body1, name2, body2, ...]
-    for name, body in zip(parts[1::2], parts[2::2], strict=True):
-        lines = [ln for ln in body.strip().splitlines() if not ln.lstrip().startswith("--")]
-        sql = "\n".join(lines).strip().rstrip(";").strip()
-        if name in queries:
-            raise ValueError(f"query {name!r} is defined twice")
-        queries[name] = sql
+    blocks: dict[str, dict[str, list[str]]] = {"name": {}, "fragment": {}}
+    parts = _BLOCK.split(text)
+    # parts = [preamble, kind1, name1, body1, kind2, name2, body2, ...]
+    for kind, name, body in zip(parts[1::3], parts[2::3], parts[3::3], strict=True):
+        if name in blocks[kind]:
+            what = "query" if kind == "name" else "fragment"
+            raise ValueError(f"{what} {name!r} is defined twice")
+        blocks[kind][name] = body.strip().rstrip(";").splitlines()
+    fragments = blocks["fragment"]
+    used: set[str] = set()
+
+    def expand(lines: list[str], seen: tuple[str, ...]) -> list[str]:
+        out: list[str] = []
+        for line in lines:
+            include = _INCLUDE.match(line)
+            if include is None:
+                if not line.lstrip().startswith("--"):
+                    out.append(line)
+                continue
+            indent, name = include.groups()
+            if name not in fragments:
+                raise ValueError(f"{seen[0]!r} includes {name!r}, which is not a fragment")
+            if name in seen:
+                raise ValueError(f"fragment {name!r} includes itself")
+            used.add(name)
+            out.extend(indent + ln for ln in expand(fragments[name], (*seen, name)))
+        return out
+
+    queries = {
+        name: "\n".join(expand(lines, (name,))).strip().rstrip(";").strip()
+        for name, lines in blocks["name"].items()
+    }
+    if unused := sorted(fragments.keys() - used):
+        raise ValueError(f"fragment {unused[0]!r} is never included")
     return queries
 
 

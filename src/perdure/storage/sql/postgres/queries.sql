@@ -6,6 +6,8 @@
 -- Batch statements (insert_runs, insert_events, finish_attempts) handle many rows in one
 -- statement: the rows arrive as one JSON array in %(rows)s, read with json_to_recordset, next to
 -- scalar parameters shared by all rows. SQLite defines the same names as per-row statements.
+-- A `-- fragment: x` block is text several statements share (what a claim sets, a row's
+-- column list); a line `-- include: x` in a statement stands for it (storage/queries.py).
 
 -- name: insert_run
 -- A concurrent insert of the same idempotency key waits for the first to commit, then does
@@ -23,10 +25,8 @@ INSERT INTO perdure_runs (
 ON CONFLICT DO NOTHING
 RETURNING id;
 
--- name: insert_runs
--- Runs without an idempotency key, all at once. Their ids are fresh: a clash fails the
--- statement and its transaction (ConflictError), so no row count needs checking and
--- the statement may travel with COMMIT.
+-- fragment: insert_runs_from_json
+-- The runs of %(rows)s (one JSON array), inserted: insert_runs and create_runs_at_once.
 INSERT INTO perdure_runs (
     id, task_id, queue, status, priority, input, attempt, max_attempts, timeout, version,
     available_at, expires_at, idempotency_key, idempotency_expires_at, concurrency_key,
@@ -41,34 +41,25 @@ FROM json_to_recordset(%(rows)s::json) AS n(
     available_at double precision, expires_at double precision, idempotency_key text,
     idempotency_expires_at double precision, concurrency_key text, tags text, metadata text,
     parent_id text, root_id text, now double precision
-);
+)
+
+-- name: insert_runs
+-- Runs without an idempotency key, all at once. Their ids are fresh: a clash fails the
+-- statement and its transaction (ConflictError), so no row count needs checking and
+-- the statement may travel with COMMIT.
+-- include: insert_runs_from_json;
 
 -- name: create_runs_at_once
 -- A trigger of runs without idempotency keys as ONE autocommit statement: the runs, their
 -- `created` events and the NOTIFY that wakes workers, in one round trip and no BEGIN/COMMIT.
 -- It writes nothing (inserted = 0) when one of `queues` has a depth cap (max_depth): the
--- caller then takes the locked, counted path. The column lists are insert_runs' and
--- insert_events' (one statement needs them together). Fresh ids: a clash fails it all.
+-- caller then takes the locked, counted path. The events' column list is insert_events'
+-- (one statement needs it with the runs'). Fresh ids: a clash fails it all.
 WITH capped AS (
     SELECT 1 FROM perdure_queues
     WHERE name = ANY(%(queues)s::text[]) AND max_depth IS NOT NULL
 ), runs AS (
-    INSERT INTO perdure_runs (
-        id, task_id, queue, status, priority, input, attempt, max_attempts, timeout, version,
-        available_at, expires_at, idempotency_key, idempotency_expires_at, concurrency_key,
-        tags, metadata, parent_id, root_id, event_seq, created_at, updated_at
-    )
-    SELECT n.id, n.task_id, n.queue, n.status, n.priority, n.input, 0, n.max_attempts,
-           n.timeout, n.version, n.available_at, n.expires_at, n.idempotency_key,
-           n.idempotency_expires_at, n.concurrency_key, n.tags, n.metadata, n.parent_id,
-           n.root_id, 1, n.now, n.now
-    FROM json_to_recordset(%(rows)s::json) AS n(
-        id text, task_id text, queue text, status text, priority integer, input text,
-        max_attempts integer, timeout double precision, version text,
-        available_at double precision, expires_at double precision, idempotency_key text,
-        idempotency_expires_at double precision, concurrency_key text, tags text,
-        metadata text, parent_id text, root_id text, now double precision
-    )
+    -- include: insert_runs_from_json
     WHERE NOT EXISTS (SELECT 1 FROM capped)
     RETURNING 1
 ), events AS (
@@ -105,6 +96,26 @@ UPDATE perdure_runs SET idempotency_key = NULL, idempotency_expires_at = NULL
 WHERE task_id = %(task_id)s AND idempotency_key = %(idempotency_key)s
   AND idempotency_expires_at <= %(now)s;
 
+-- fragment: claim_due
+-- The end of a claim's choice of waiting runs, the same in every claim (claim_runs,
+-- claim_queue): the worker's tasks, not expired unless started, in claim order.
+AND task_id = ANY(%(task_ids)s::text[])
+AND (expires_at IS NULL OR expires_at > %(now)s OR started_at IS NOT NULL)
+ORDER BY priority DESC, available_at, id
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+
+-- fragment: claim_set
+-- What every claim sets on the runs it takes (claim_runs, claim_queue, claim_ids).
+SET status = 'running',
+    attempt = attempt + 1,
+    lease_owner = %(worker_id)s,
+    lease_expires_at = %(now)s + %(lease)s,
+    available_at = NULL,
+    started_at = COALESCE(started_at, %(now)s),
+    updated_at = %(now)s,
+    event_seq = event_seq + 1
+
 -- name: claim_runs
 -- SKIP LOCKED: concurrent claimers lock disjoint rows and never wait on each other. The CTE is
 -- MATERIALIZED so its LIMIT is evaluated once; store.py still checks the row count. The status
@@ -115,21 +126,10 @@ WITH due AS MATERIALIZED (
     WHERE available_at IS NOT NULL
       AND available_at <= %(now)s
       AND queue = ANY(%(queues)s::text[])
-      AND task_id = ANY(%(task_ids)s::text[])
-      AND (expires_at IS NULL OR expires_at > %(now)s OR started_at IS NOT NULL)
-    ORDER BY priority DESC, available_at, id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
+      -- include: claim_due
 )
 UPDATE perdure_runs AS r
-SET status = 'running',
-    attempt = r.attempt + 1,
-    lease_owner = %(worker_id)s,
-    lease_expires_at = %(now)s + %(lease)s,
-    available_at = NULL,
-    started_at = COALESCE(r.started_at, %(now)s),
-    updated_at = %(now)s,
-    event_seq = r.event_seq + 1
+-- include: claim_set
 FROM due
 WHERE r.id = due.id AND r.status = ANY(%(from_statuses)s::text[])
 RETURNING r.*;
@@ -151,21 +151,10 @@ WITH due AS MATERIALIZED (
                         AND (q.paused <> 0 OR q.concurrency IS NOT NULL
                              OR q.key_concurrency IS NOT NULL OR q.rate_limit IS NOT NULL
                              OR q.key_rate_limit IS NOT NULL))
-      AND task_id = ANY(%(task_ids)s::text[])
-      AND (expires_at IS NULL OR expires_at > %(now)s OR started_at IS NOT NULL)
-    ORDER BY priority DESC, available_at, id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
+      -- include: claim_due
 ), claimed AS (
     UPDATE perdure_runs AS r
-    SET status = 'running',
-        attempt = r.attempt + 1,
-        lease_owner = %(worker_id)s,
-        lease_expires_at = %(now)s + %(lease)s,
-        available_at = NULL,
-        started_at = COALESCE(r.started_at, %(now)s),
-        updated_at = %(now)s,
-        event_seq = r.event_seq + 1
+    -- include: claim_set
     FROM due
     WHERE r.id = due.id AND r.status = ANY(%(from_statuses)s::text[])
     RETURNING r.*
@@ -380,6 +369,19 @@ WHERE id = %(id)s AND attempt = %(attempt)s AND lease_owner = %(worker_id)s
   AND status = 'running'
 RETURNING event_seq;
 
+-- fragment: insert_steps_select
+-- Records read from a JSON array as `s` (steps_record_columns), inserted: record_steps,
+-- insert_steps, insert_steps_counted.
+INSERT INTO perdure_steps (run_id, position, kind, name, status, output, error, wake_at,
+                           token_id, child_run_id, batch, attempt, created_at, completed_at)
+SELECT s.run_id, s.position, s.kind, s.name, s.status, s.output, s.error, s.wake_at,
+       s.token_id, s.child_run_id, s.batch, s.attempt, s.now, s.completed_at
+
+-- fragment: steps_record_columns
+run_id text, position integer, kind text, name text, status text, output text,
+error text, wake_at double precision, token_id text, child_run_id text, batch integer,
+attempt integer, now double precision, completed_at double precision
+
 -- name: record_steps
 -- Durable-call records (or progress/log events alone) of a batch of attempts in ONE statement,
 -- run in autocommit: one round trip and one commit (one WAL flush) for the whole batch
@@ -407,14 +409,9 @@ WITH fence AS (
       AND r.status = 'running'
     RETURNING r.id, r.event_seq - f.n_events AS seq_before
 ), recorded AS (
-    INSERT INTO perdure_steps (run_id, position, kind, name, status, output, error, wake_at,
-                               token_id, child_run_id, batch, attempt, created_at, completed_at)
-    SELECT s.run_id, s.position, s.kind, s.name, s.status, s.output, s.error, s.wake_at,
-           s.token_id, s.child_run_id, s.batch, s.attempt, s.now, s.completed_at
+    -- include: insert_steps_select
     FROM json_to_recordset(%(steps)s::json) AS s(
-        run_id text, position integer, kind text, name text, status text, output text,
-        error text, wake_at double precision, token_id text, child_run_id text, batch integer,
-        attempt integer, now double precision, completed_at double precision
+        -- include: steps_record_columns
     )
     JOIN fenced ON fenced.id = s.run_id
 ), logged AS (
@@ -447,14 +444,9 @@ RETURNING position;
 
 -- name: insert_steps
 -- Several records at once (a parent's children); the caller compares the rows returned.
-INSERT INTO perdure_steps (run_id, position, kind, name, status, output, error, wake_at,
-                           token_id, child_run_id, batch, attempt, created_at, completed_at)
-SELECT s.run_id, s.position, s.kind, s.name, s.status, s.output, s.error, s.wake_at,
-       s.token_id, s.child_run_id, s.batch, s.attempt, s.now, s.completed_at
+-- include: insert_steps_select
 FROM json_to_recordset(%(rows)s::json) AS s(
-    run_id text, position integer, kind text, name text, status text, output text,
-    error text, wake_at double precision, token_id text, child_run_id text, batch integer,
-    attempt integer, now double precision, completed_at double precision
+    -- include: steps_record_columns
 )
 ON CONFLICT DO NOTHING
 RETURNING run_id, position;
@@ -462,14 +454,9 @@ RETURNING run_id, position;
 -- name: insert_steps_counted
 -- Several records at once (a parent's children); the caller compares the row count
 -- (no RETURNING: SQLite runs it with executemany).
-INSERT INTO perdure_steps (run_id, position, kind, name, status, output, error, wake_at,
-                           token_id, child_run_id, batch, attempt, created_at, completed_at)
-SELECT s.run_id, s.position, s.kind, s.name, s.status, s.output, s.error, s.wake_at,
-       s.token_id, s.child_run_id, s.batch, s.attempt, s.now, s.completed_at
+-- include: insert_steps_select
 FROM json_to_recordset(%(rows)s::json) AS s(
-    run_id text, position integer, kind text, name text, status text, output text,
-    error text, wake_at double precision, token_id text, child_run_id text, batch integer,
-    attempt integer, now double precision, completed_at double precision
+    -- include: steps_record_columns
 )
 ON CONFLICT DO NOTHING;
 
@@ -744,14 +731,7 @@ LIMIT %(limit)s;
 
 -- name: claim_ids
 UPDATE perdure_runs
-SET status = 'running',
-    attempt = attempt + 1,
-    lease_owner = %(worker_id)s,
-    lease_expires_at = %(now)s + %(lease)s,
-    available_at = NULL,
-    started_at = COALESCE(started_at, %(now)s),
-    updated_at = %(now)s,
-    event_seq = event_seq + 1
+-- include: claim_set
 WHERE id = ANY(%(ids)s::text[])
   AND available_at IS NOT NULL
   AND status = ANY(%(from_statuses)s::text[])

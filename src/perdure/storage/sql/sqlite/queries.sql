@@ -3,8 +3,11 @@
 -- JSON arrays and are read with json_each.
 -- Batch statements (insert_runs, insert_events, finish_attempts) run once per row here (an
 -- in-process call costs no round trip); PostgreSQL runs them once for the whole batch.
+-- A `-- fragment: x` block is text several statements share (what a claim sets, a row's
+-- column list); a line `-- include: x` in a statement stands for it (storage/queries.py).
 
--- name: insert_run
+-- fragment: insert_run_values
+-- One run's row: insert_run and insert_runs.
 INSERT INTO perdure_runs (
     id, task_id, queue, status, priority, input, attempt, max_attempts, timeout, version,
     available_at, expires_at, idempotency_key, idempotency_expires_at, concurrency_key,
@@ -14,6 +17,9 @@ INSERT INTO perdure_runs (
     :available_at, :expires_at, :idempotency_key, :idempotency_expires_at, :concurrency_key,
     :tags, :metadata, :parent_id, :root_id, 1, :now, :now
 )
+
+-- name: insert_run
+-- include: insert_run_values
 ON CONFLICT DO NOTHING
 RETURNING id;
 
@@ -21,15 +27,7 @@ RETURNING id;
 -- Runs without an idempotency key, all at once. Their ids are fresh: a clash fails the
 -- statement and its transaction (ConflictError), so no row count needs checking and
 -- the statement may travel with COMMIT.
-INSERT INTO perdure_runs (
-    id, task_id, queue, status, priority, input, attempt, max_attempts, timeout, version,
-    available_at, expires_at, idempotency_key, idempotency_expires_at, concurrency_key,
-    tags, metadata, parent_id, root_id, event_seq, created_at, updated_at
-) VALUES (
-    :id, :task_id, :queue, :status, :priority, :input, 0, :max_attempts, :timeout, :version,
-    :available_at, :expires_at, :idempotency_key, :idempotency_expires_at, :concurrency_key,
-    :tags, :metadata, :parent_id, :root_id, 1, :now, :now
-);
+-- include: insert_run_values;
 
 -- name: insert_event
 INSERT INTO perdure_events (run_id, seq, type, at, data)
@@ -48,9 +46,17 @@ UPDATE perdure_runs SET idempotency_key = NULL, idempotency_expires_at = NULL
 WHERE task_id = :task_id AND idempotency_key = :idempotency_key
   AND idempotency_expires_at <= :now;
 
--- name: claim_runs
--- Inside BEGIN IMMEDIATE: no other writer can claim the same rows between SELECT and UPDATE.
-UPDATE perdure_runs
+-- fragment: claim_due
+-- The end of a claim's choice of waiting runs, the same in every claim (claim_runs,
+-- claim_queue): the worker's tasks, not expired unless started, in claim order. (The unary
+-- + keeps the planner on the claim index, not the per-task listing index.)
+AND +task_id IN (SELECT value FROM json_each(:task_ids))
+AND (expires_at IS NULL OR expires_at > :now OR started_at IS NOT NULL)
+ORDER BY priority DESC, available_at, id
+LIMIT :limit
+
+-- fragment: claim_set
+-- What every claim sets on the runs it takes (claim_runs, claim_queue, claim_ids).
 SET status = 'running',
     attempt = attempt + 1,
     lease_owner = :worker_id,
@@ -59,16 +65,17 @@ SET status = 'running',
     started_at = COALESCE(started_at, :now),
     updated_at = :now,
     event_seq = event_seq + 1
+
+-- name: claim_runs
+-- Inside BEGIN IMMEDIATE: no other writer can claim the same rows between SELECT and UPDATE.
+UPDATE perdure_runs
+-- include: claim_set
 WHERE id IN (
     SELECT id FROM perdure_runs
     WHERE available_at IS NOT NULL
       AND available_at <= :now
       AND queue IN (SELECT value FROM json_each(:queues))
-      -- unary + keeps the planner on the claim index (not the per-task listing index)
-      AND +task_id IN (SELECT value FROM json_each(:task_ids))
-      AND (expires_at IS NULL OR expires_at > :now OR started_at IS NOT NULL)
-    ORDER BY priority DESC, available_at, id
-    LIMIT :limit
+      -- include: claim_due
 )
 AND status IN (SELECT value FROM json_each(:from_statuses))
 RETURNING *;
@@ -79,14 +86,7 @@ RETURNING *;
 -- It claims nothing from a queue that is paused or has claim limits (those go through the
 -- locked, counted path), so it can be sent with find_queues before its answer is known.
 UPDATE perdure_runs
-SET status = 'running',
-    attempt = attempt + 1,
-    lease_owner = :worker_id,
-    lease_expires_at = :now + :lease,
-    available_at = NULL,
-    started_at = COALESCE(started_at, :now),
-    updated_at = :now,
-    event_seq = event_seq + 1
+-- include: claim_set
 WHERE id IN (
     SELECT id FROM perdure_runs
     WHERE available_at IS NOT NULL
@@ -98,10 +98,7 @@ WHERE id IN (
                         AND (q.paused <> 0 OR q.concurrency IS NOT NULL
                              OR q.key_concurrency IS NOT NULL OR q.rate_limit IS NOT NULL
                              OR q.key_rate_limit IS NOT NULL))
-      AND +task_id IN (SELECT value FROM json_each(:task_ids))
-      AND (expires_at IS NULL OR expires_at > :now OR started_at IS NOT NULL)
-    ORDER BY priority DESC, available_at, id
-    LIMIT :limit
+      -- include: claim_due
 )
 AND status IN (SELECT value FROM json_each(:from_statuses))
 RETURNING *;
@@ -272,31 +269,28 @@ SELECT * FROM perdure_steps
 WHERE run_id IN (SELECT value FROM json_each(:run_ids))
 ORDER BY run_id, position;
 
--- name: insert_step
+-- fragment: insert_step_values
+-- One record's row, skipped if its position (or token, or child) is taken: insert_step,
+-- insert_steps, insert_steps_counted.
 INSERT INTO perdure_steps (run_id, position, kind, name, status, output, error, wake_at,
                            token_id, child_run_id, batch, attempt, created_at, completed_at)
 VALUES (:run_id, :position, :kind, :name, :status, :output, :error, :wake_at, :token_id,
         :child_run_id, :batch, :attempt, :now, :completed_at)
 ON CONFLICT DO NOTHING
+
+-- name: insert_step
+-- include: insert_step_values
 RETURNING position;
 
 -- name: insert_steps
 -- Several records at once (a parent's children); the caller compares the rows returned.
-INSERT INTO perdure_steps (run_id, position, kind, name, status, output, error, wake_at,
-                           token_id, child_run_id, batch, attempt, created_at, completed_at)
-VALUES (:run_id, :position, :kind, :name, :status, :output, :error, :wake_at, :token_id,
-        :child_run_id, :batch, :attempt, :now, :completed_at)
-ON CONFLICT DO NOTHING
+-- include: insert_step_values
 RETURNING run_id, position;
 
 -- name: insert_steps_counted
 -- Several records at once (a parent's children); the caller compares the row count
 -- (no RETURNING: SQLite runs it with executemany).
-INSERT INTO perdure_steps (run_id, position, kind, name, status, output, error, wake_at,
-                           token_id, child_run_id, batch, attempt, created_at, completed_at)
-VALUES (:run_id, :position, :kind, :name, :status, :output, :error, :wake_at, :token_id,
-        :child_run_id, :batch, :attempt, :now, :completed_at)
-ON CONFLICT DO NOTHING;
+-- include: insert_step_values;
 
 -- name: lock_waitpoints
 -- PostgreSQL locks these rows (FOR UPDATE) so suspend and complete serialize on them.
@@ -524,14 +518,7 @@ LIMIT :limit;
 
 -- name: claim_ids
 UPDATE perdure_runs
-SET status = 'running',
-    attempt = attempt + 1,
-    lease_owner = :worker_id,
-    lease_expires_at = :now + :lease,
-    available_at = NULL,
-    started_at = COALESCE(started_at, :now),
-    updated_at = :now,
-    event_seq = event_seq + 1
+-- include: claim_set
 WHERE id IN (SELECT value FROM json_each(:ids))
   AND available_at IS NOT NULL
   AND status IN (SELECT value FROM json_each(:from_statuses))
